@@ -1,0 +1,104 @@
+//! The one reconnect/restart backoff used everywhere: capped exponential with full jitter.
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration;
+
+/// Backoff settings, `[defaults.backoff]` and `[exchange.backoff]` in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay after a failure.
+    #[serde(with = "duration", default = "default_initial")]
+    pub initial: Duration,
+    /// Upper bound for any delay.
+    #[serde(with = "duration", default = "default_max")]
+    pub max: Duration,
+}
+
+fn default_initial() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: default_initial(),
+            max: default_max(),
+        }
+    }
+}
+
+/// Delay generator. Never gives up: `next_delay` always returns a delay.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    config: BackoffConfig,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(config: BackoffConfig) -> Self {
+        Self { config, attempt: 0 }
+    }
+
+    /// The delay before the next attempt: a random point in `[0, min(max, initial * 2^n)]`,
+    /// never below a tenth of `initial`, so many bridges reconnecting at once spread out.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.attempt.min(20);
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = self
+            .config
+            .initial
+            .saturating_mul(1u32 << exp)
+            .min(self.config.max);
+        let floor = (self.config.initial / 10).min(ceiling);
+        let span = ceiling.saturating_sub(floor).as_micros() as u64;
+        let jitter = if span == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=span)
+        };
+        floor + Duration::from_micros(jitter)
+    }
+
+    /// Call after a success so the next failure starts from `initial` again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Sleeps the next delay, or returns early (with `false`) when `cancel` fires.
+    pub async fn wait(&mut self, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = cancel.cancelled() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_capped() {
+        let mut backoff = Backoff::new(BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        });
+        for _ in 0..50 {
+            let delay = backoff.next_delay();
+            assert!(delay <= Duration::from_secs(2), "{delay:?}");
+            assert!(delay >= Duration::from_millis(10), "{delay:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,268 @@
+//! One bridge's life: connect its source, pull with at most `max_in_flight` messages
+//! unacknowledged, normalize, publish until confirmed, then ack. Reconnects forever.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::config::BridgeSpec;
+use crate::exchange::{Delivered, Outbound, Publisher};
+use crate::metrics::BridgeMetrics;
+use crate::normalize::{Mapping, RejectReason, normalize};
+use crate::sources::{ConnectContext, Incoming, Source};
+
+/// The publisher bridges use; swapped when a reload changes `[exchange]`.
+pub type PublisherSlot = Arc<RwLock<Arc<Publisher>>>;
+
+pub fn current_publisher(slot: &PublisherSlot) -> Arc<Publisher> {
+    slot.read().expect("publisher lock").clone()
+}
+
+/// Lifecycle states shown in `/bridges` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Connecting,
+    Running,
+    Reconnecting,
+    Draining,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    pub state: State,
+    pub last_error: Option<String>,
+    /// Successful source connections since the bridge (this spec) started.
+    pub connects: u64,
+    pub connected_since: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A bridge's live status, shared with the admin endpoints.
+pub struct BridgeStatus(Mutex<StatusSnapshot>);
+
+impl BridgeStatus {
+    pub fn new() -> Self {
+        BridgeStatus(Mutex::new(StatusSnapshot {
+            state: State::Connecting,
+            last_error: None,
+            connects: 0,
+            connected_since: None,
+            started_at: Utc::now(),
+        }))
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.0.lock().expect("status lock").clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut StatusSnapshot)) {
+        change(&mut self.0.lock().expect("status lock"));
+    }
+}
+
+impl Default for BridgeStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything a running bridge and its message tasks share.
+struct Shared {
+    name: String,
+    mapping: Mapping,
+    publisher: PublisherSlot,
+    metrics: Arc<BridgeMetrics>,
+    retry: crate::backoff::BackoffConfig,
+}
+
+/// Runs a bridge until `stop` fires, then drains: no new pulls, in-flight messages get
+/// up to `shutdown_timeout` to be confirmed and acked; the rest stay unacked.
+pub async fn run(
+    spec: BridgeSpec,
+    publisher: PublisherSlot,
+    metrics: Arc<BridgeMetrics>,
+    status: Arc<BridgeStatus>,
+    stop: CancellationToken,
+) {
+    let span = tracing::info_span!("bridge", bridge = %spec.name, kind = spec.kind());
+    async move {
+        let shared = Arc::new(Shared {
+            name: spec.name.clone(),
+            mapping: Mapping::new(&spec),
+            publisher,
+            metrics: metrics.clone(),
+            retry: spec.backoff.clone(),
+        });
+        let permits = Arc::new(Semaphore::new(spec.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let mut backoff = Backoff::new(spec.backoff.clone());
+        let context = ConnectContext {
+            bridge: spec.name.clone(),
+            max_in_flight: spec.max_in_flight,
+        };
+        loop {
+            let connected = tokio::select! {
+                result = spec.source.connect(&context) => result,
+                _ = stop.cancelled() => break,
+            };
+            let error = match connected {
+                Ok(source) => {
+                    backoff.reset();
+                    metrics.up.store(1, Relaxed);
+                    status.update(|s| {
+                        s.state = State::Running;
+                        s.last_error = None;
+                        s.connects += 1;
+                        s.connected_since = Some(Utc::now());
+                    });
+                    tracing::info!("source connected");
+                    let result = pump(source, &shared, &permits, &mut tasks, &stop).await;
+                    metrics.up.store(0, Relaxed);
+                    match result {
+                        Ok(()) => break,
+                        Err(error) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            tracing::warn!(%error, "source failed; reconnecting");
+            metrics.restarts.fetch_add(1, Relaxed);
+            status.update(|s| {
+                s.state = State::Reconnecting;
+                s.last_error = Some(error.to_string());
+                s.connected_since = None;
+            });
+            if !backoff.wait(&stop).await {
+                break;
+            }
+        }
+        status.update(|s| s.state = State::Draining);
+        let drained = tokio::time::timeout(spec.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "shutdown_timeout reached; unconfirmed messages stay unacked for redelivery"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        metrics.up.store(0, Relaxed);
+        status.update(|s| {
+            s.state = State::Stopped;
+            s.connected_since = None;
+        });
+        tracing::info!("bridge stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Pulls until the source fails (`Err`) or `stop` fires (`Ok`).
+async fn pump(
+    mut source: Box<dyn Source>,
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) -> Result<(), crate::sources::SourceError> {
+    loop {
+        // Backpressure: no permit, no pull. Permits come back only after the ack.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let incoming = tokio::select! {
+            incoming = source.next() => incoming?,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        shared.metrics.received.fetch_add(1, Relaxed);
+        shared.metrics.in_flight.fetch_add(1, Relaxed);
+        if let Some(lag) = source.lag() {
+            shared.metrics.source_lag.store(lag as i64, Relaxed);
+        }
+        tasks.spawn(deliver(incoming, shared.clone(), permit).in_current_span());
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+/// Normalizes, publishes until the exchange confirms (or dead-letters), then acks.
+async fn deliver(incoming: Incoming, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+    let _in_flight = InFlight(shared.metrics.clone());
+    let received = Instant::now();
+    let Incoming { payload, meta, ack } = incoming;
+    let normalized = normalize(&shared.mapping, &meta, &payload);
+    let rejected: Option<RejectReason> = normalized.as_ref().err().map(|r| r.reason);
+    let build = |publisher: &Publisher| -> Outbound {
+        match &normalized {
+            Ok(event) => publisher.event_message(&event.event, event.routing_key.clone()),
+            Err(reject) => publisher.deadletter_message(
+                shared.mapping.deadletter_key(),
+                payload.clone(),
+                meta.content_type.as_deref(),
+                &shared.name,
+                reject.reason.label(),
+                &reject.detail,
+                meta.subject.as_deref(),
+            ),
+        }
+    };
+    if let Err(reject) = &normalized {
+        tracing::warn!(reason = reject.reason.label(), detail = %reject.detail, "dead-lettering a message");
+    }
+    let mut backoff = Backoff::new(shared.retry.clone());
+    let mut publisher = current_publisher(&shared.publisher);
+    let mut outbound = build(&publisher);
+    let delivered = loop {
+        match publisher.publish(&outbound).await {
+            Ok(delivered) => break delivered,
+            Err(error) => {
+                shared.metrics.publish_retries.fetch_add(1, Relaxed);
+                tracing::debug!(%error, "publish failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+                let latest = current_publisher(&shared.publisher);
+                if !Arc::ptr_eq(&latest, &publisher) {
+                    // `[exchange]` was reloaded: encode again for the new exchange.
+                    outbound = build(&latest);
+                    publisher = latest;
+                }
+            }
+        }
+    };
+    if delivered == Delivered::Unroutable {
+        shared.metrics.unroutable.fetch_add(1, Relaxed);
+        tracing::debug!(routing_key = %outbound.routing_key, "no queue bound for this routing key");
+    }
+    match rejected {
+        None => shared.metrics.published.fetch_add(1, Relaxed),
+        Some(reason) => {
+            shared.metrics.dead_letter(reason);
+            0
+        }
+    };
+    shared.metrics.end_to_end.observe(received.elapsed());
+    if let Err(error) = ack.ack().await {
+        tracing::warn!(%error, "ack failed; the source will redeliver (same event id)");
+    }
+}
+
+/// Counts a message out of `bridge_in_flight` however its task ends (aborted included).
+struct InFlight(Arc<BridgeMetrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,191 @@
+//! The configuration schema. `config.example.toml` documents every key; a test keeps the
+//! two in step. Loading (files, includes, environment, `${VAR}`, `*_file`) is in `load`.
+
+pub mod duration;
+pub mod fields;
+pub mod load;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::BackoffConfig;
+use crate::sources::SourceSpec;
+
+pub use load::{ConfigError, Loaded, load};
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub exchange: ExchangeConfig,
+    pub admin: AdminConfig,
+    pub defaults: Defaults,
+    pub bridges: Vec<BridgeSpec>,
+}
+
+/// The top level of the main file, before bridges are resolved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopLevel {
+    /// Already expanded by `load`; kept here so the key is known to the schema.
+    #[serde(default, rename = "include")]
+    pub _include: Vec<String>,
+    #[serde(default)]
+    pub exchange: ExchangeConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub bridge: Vec<serde_json::Value>,
+}
+
+/// How events are encoded on the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// `application/cloudevents+json` body.
+    #[default]
+    Structured,
+    /// `ce-` headers and the raw data as body.
+    Binary,
+}
+
+/// `[exchange]`: the RabbitMQ topic exchange every bridge publishes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    pub url: String,
+    pub name: String,
+    pub kind: String,
+    pub durable: bool,
+    pub declare: bool,
+    pub alternate_exchange: Option<String>,
+    pub content_mode: ContentMode,
+    pub deadletter: Option<String>,
+    #[serde(with = "duration")]
+    pub confirm_timeout: Duration,
+    pub backoff: BackoffConfig,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            name: "events".into(),
+            kind: "topic".into(),
+            durable: true,
+            declare: true,
+            alternate_exchange: None,
+            content_mode: ContentMode::Structured,
+            deadletter: None,
+            confirm_timeout: Duration::from_secs(30),
+            backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+/// `[admin]`: the metrics/health/status listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9180".parse().expect("valid address"),
+        }
+    }
+}
+
+/// `[defaults]`: values every bridge inherits unless it sets its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub tenant: String,
+    pub max_in_flight: usize,
+    pub max_message_bytes: usize,
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    pub backoff: BackoffConfig,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            tenant: "default".into(),
+            max_in_flight: 256,
+            max_message_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+/// How a bridge reads payloads that are not CloudEvents already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// JSON when the bytes parse as JSON (and no non-JSON content type says otherwise),
+    /// else binary.
+    #[default]
+    Auto,
+    /// Must be JSON; anything else is dead-lettered as `invalid_json`.
+    Json,
+    /// Never parsed: always `data_base64` with the content type.
+    Raw,
+}
+
+/// Keys every bridge has, whatever its kind. Optional ones fall back to `[defaults]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CommonKeys {
+    pub name: String,
+    pub kind: String,
+    pub tenant: Option<String>,
+    pub source_name: Option<String>,
+    pub source_uri: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub time_field: Option<String>,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    pub content_type: Option<String>,
+    pub max_in_flight: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    #[serde(default, with = "duration::option")]
+    pub shutdown_timeout: Option<Duration>,
+    pub backoff: Option<BackoffConfig>,
+}
+
+/// One bridge with `[defaults]` applied. Two specs are equal exactly when a reload may
+/// leave the running bridge alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub tenant: String,
+    /// The `<source>` word of the routing key.
+    pub source_name: String,
+    /// Overrides the CloudEvent `source` the kind would derive.
+    pub source_uri: Option<String>,
+    /// The `type` template; `None` uses the subject/topic/routing key.
+    pub event_type: Option<String>,
+    pub time_field: Option<String>,
+    pub format: PayloadFormat,
+    pub content_type: Option<String>,
+    pub max_in_flight: usize,
+    pub max_message_bytes: usize,
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    pub backoff: BackoffConfig,
+    pub source: SourceSpec,
+}
+
+impl BridgeSpec {
+    pub fn kind(&self) -> &'static str {
+        self.source.kind()
+    }
+}

@@ -1,0 +1,398 @@
+//! The one RabbitMQ publisher all bridges share: a single connection in confirm mode,
+//! persistent and `mandatory` publishes, reconnecting forever. `publish` waits while the
+//! exchange is down, which is what makes bridges stop pulling (backpressure).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::config::{ContentMode, ExchangeConfig};
+use crate::metrics::Registry;
+
+/// Header naming why a message was dead-lettered.
+pub const ERROR_HEADER: &str = "x-bridge-error";
+/// Header with the short reason label (the metrics `reason`).
+pub const REASON_HEADER: &str = "x-bridge-reason";
+/// Header with the bridge that dead-lettered the message.
+pub const BRIDGE_HEADER: &str = "x-bridge-name";
+
+/// A message ready to publish: exchange, routing key, properties and body.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: bytes::Bytes,
+}
+
+/// What the exchange did with a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Confirmed and routed to at least one queue.
+    Routed,
+    /// Confirmed but returned: no queue is bound for its routing key.
+    Unroutable,
+}
+
+/// Why one publish attempt failed. All of them are retried.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker nacked the message")]
+    Nacked,
+    #[error("no confirm within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("connection lost: {0}")]
+    Connection(String),
+    #[error("publisher shut down")]
+    ShutDown,
+}
+
+#[derive(Clone)]
+struct Current {
+    generation: u64,
+    channel: Channel,
+}
+
+pub struct Publisher {
+    config: ExchangeConfig,
+    current: watch::Receiver<Option<Current>>,
+    broken: Arc<(AtomicU64, Notify)>,
+    cancel: CancellationToken,
+    last_error: Arc<Mutex<Option<String>>>,
+    connects: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// Starts connecting in the background and returns at once.
+    pub fn start(config: ExchangeConfig, registry: Arc<Registry>) -> Arc<Publisher> {
+        let (sender, current) = watch::channel(None);
+        let publisher = Arc::new(Publisher {
+            config: config.clone(),
+            current,
+            broken: Arc::new((AtomicU64::new(0), Notify::new())),
+            cancel: CancellationToken::new(),
+            last_error: Arc::new(Mutex::new(None)),
+            connects: Arc::new(AtomicU64::new(0)),
+        });
+        let manager = Manager {
+            config,
+            sender,
+            broken: publisher.broken.clone(),
+            cancel: publisher.cancel.clone(),
+            last_error: publisher.last_error.clone(),
+            connects: publisher.connects.clone(),
+            registry,
+        };
+        tokio::spawn(manager.run());
+        publisher
+    }
+
+    pub fn config(&self) -> &ExchangeConfig {
+        &self.config
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current.borrow().is_some()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("lock").clone()
+    }
+
+    /// How many times the connection was (re)established.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Relaxed)
+    }
+
+    /// Closes the connection and stops reconnecting.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits until connected (or shut down).
+    async fn channel(&self) -> Result<Current, PublishError> {
+        let mut current = self.current.clone();
+        tokio::select! {
+            result = current.wait_for(Option::is_some) => result
+                .map(|c| c.clone().expect("waited for Some"))
+                .map_err(|_| PublishError::ShutDown),
+            _ = self.cancel.cancelled() => Err(PublishError::ShutDown),
+        }
+    }
+
+    /// One publish attempt: waits for a connection, publishes, waits for the confirm.
+    pub async fn publish(&self, message: &Outbound) -> Result<Delivered, PublishError> {
+        let Current {
+            generation,
+            channel,
+        } = self.channel().await?;
+        let broken = |error: lapin::Error| {
+            self.report_broken(generation);
+            PublishError::Connection(error.to_string())
+        };
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(message.exchange.as_str()),
+                ShortString::from(message.routing_key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message.body,
+                message.properties.clone(),
+            )
+            .await
+            .map_err(broken)?;
+        match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+            Err(_) => {
+                // A missing confirm means the channel is stuck or gone: start over.
+                self.report_broken(generation);
+                Err(PublishError::Timeout(self.config.confirm_timeout))
+            }
+            Ok(Err(error)) => Err(broken(error)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(Delivered::Routed),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Delivered::Unroutable),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                // Cannot happen on a confirm-mode channel; treat it as a broken channel.
+                self.report_broken(generation);
+                Err(PublishError::Connection(
+                    "channel is not in confirm mode".into(),
+                ))
+            }
+        }
+    }
+
+    fn report_broken(&self, generation: u64) {
+        self.broken.0.fetch_max(generation, Relaxed);
+        self.broken.1.notify_one();
+    }
+
+    /// The exchange that dead letters go to.
+    pub fn deadletter_exchange(&self) -> &str {
+        self.config
+            .deadletter
+            .as_deref()
+            .unwrap_or(&self.config.name)
+    }
+
+    /// Encodes an event for the exchange (structured or binary mode, per config).
+    pub fn event_message(&self, event: &CloudEvent, routing_key: String) -> Outbound {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(event.id.as_str()));
+        if let Some(time) = event.time_utc {
+            properties = properties.with_timestamp(time.timestamp().max(0) as u64);
+        }
+        let body = match self.config.content_mode {
+            ContentMode::Structured => {
+                properties = properties.with_content_type(ShortString::from(format!(
+                    "{STRUCTURED_CONTENT_TYPE}; charset=utf-8"
+                )));
+                bytes::Bytes::from(event.to_structured_json())
+            }
+            ContentMode::Binary => {
+                let mut headers = FieldTable::default();
+                for (name, value) in event.binary_attributes() {
+                    headers.insert(
+                        ShortString::from(format!("ce-{name}")),
+                        AMQPValue::LongString(LongString::from(value)),
+                    );
+                }
+                properties = properties.with_headers(headers);
+                if let Some(content_type) = &event.datacontenttype {
+                    properties =
+                        properties.with_content_type(ShortString::from(content_type.as_str()));
+                }
+                event.binary_body()
+            }
+        };
+        Outbound {
+            exchange: self.config.name.clone(),
+            routing_key,
+            properties,
+            body,
+        }
+    }
+
+    /// The dead-letter copy of a message: original bytes and content type, the reason.
+    pub fn deadletter_message(
+        &self,
+        routing_key: String,
+        payload: bytes::Bytes,
+        content_type: Option<&str>,
+        bridge: &str,
+        reason: &str,
+        detail: &str,
+        subject: Option<&str>,
+    ) -> Outbound {
+        let mut headers = FieldTable::default();
+        let mut put = |name: &str, value: &str| {
+            headers.insert(
+                ShortString::from(name),
+                AMQPValue::LongString(LongString::from(value)),
+            );
+        };
+        put(ERROR_HEADER, detail);
+        put(REASON_HEADER, reason);
+        put(BRIDGE_HEADER, bridge);
+        if let Some(subject) = subject {
+            put("x-bridge-subject", subject);
+        }
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(content_type) = content_type {
+            properties = properties.with_content_type(ShortString::from(content_type));
+        }
+        Outbound {
+            exchange: self.deadletter_exchange().to_owned(),
+            routing_key,
+            properties,
+            body: payload,
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+struct Manager {
+    config: ExchangeConfig,
+    sender: watch::Sender<Option<Current>>,
+    broken: Arc<(AtomicU64, Notify)>,
+    cancel: CancellationToken,
+    last_error: Arc<Mutex<Option<String>>>,
+    connects: Arc<AtomicU64>,
+    registry: Arc<Registry>,
+}
+
+impl Manager {
+    async fn run(self) {
+        let mut backoff = Backoff::new(self.config.backoff.clone());
+        let mut generation = 0u64;
+        loop {
+            let attempt = tokio::select! {
+                result = self.connect() => result,
+                _ = self.cancel.cancelled() => break,
+            };
+            match attempt {
+                Ok((connection, channel)) => {
+                    generation += 1;
+                    backoff.reset();
+                    *self.last_error.lock().expect("lock") = None;
+                    self.connects.fetch_add(1, Relaxed);
+                    self.registry.exchange_up.store(1, Relaxed);
+                    tracing::info!(exchange = %self.config.name, "connected to the exchange");
+                    let mut events = connection.events_listener();
+                    self.sender.send_replace(Some(Current {
+                        generation,
+                        channel: channel.clone(),
+                    }));
+                    let reason = loop {
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break None,
+                            _ = self.broken.1.notified() => {
+                                if self.broken.0.load(Relaxed) >= generation {
+                                    break Some("a publish failed on this connection".to_string());
+                                }
+                            }
+                            event = events.next() => match event {
+                                Some(lapin::Event::Error(error)) => break Some(error.to_string()),
+                                None => break Some("connection closed".to_string()),
+                                Some(_) => {}
+                            },
+                        }
+                    };
+                    self.sender.send_replace(None);
+                    self.registry.exchange_up.store(0, Relaxed);
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        connection.close(200, ShortString::from("broker-bridge reconnecting")),
+                    )
+                    .await;
+                    match reason {
+                        None => break,
+                        Some(reason) => {
+                            tracing::warn!(exchange = %self.config.name, %reason, "exchange connection lost; reconnecting");
+                            *self.last_error.lock().expect("lock") = Some(reason);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(exchange = %self.config.name, %error, "cannot connect to the exchange; retrying");
+                    *self.last_error.lock().expect("lock") = Some(error.to_string());
+                }
+            }
+            if !backoff.wait(&self.cancel).await {
+                break;
+            }
+        }
+        self.registry.exchange_up.store(0, Relaxed);
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(LongString::from("broker-bridge"));
+        let connection = Connection::connect(&self.config.url, properties).await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            declare(&channel, &self.config.name, &self.config).await?;
+            if let Some(deadletter) = &self.config.deadletter {
+                declare(&channel, deadletter, &self.config).await?;
+            }
+            Ok::<_, lapin::Error>(channel)
+        };
+        match setup.await {
+            Ok(channel) => Ok((connection, channel)),
+            Err(error) => {
+                let _ = connection
+                    .close(200, ShortString::from("setup failed"))
+                    .await;
+                Err(error)
+            }
+        }
+    }
+}
+
+async fn declare(
+    channel: &Channel,
+    name: &str,
+    config: &ExchangeConfig,
+) -> Result<(), lapin::Error> {
+    let mut arguments = FieldTable::default();
+    if let Some(alternate) = &config.alternate_exchange {
+        arguments.insert(
+            ShortString::from("alternate-exchange"),
+            AMQPValue::LongString(LongString::from(alternate.as_str())),
+        );
+    }
+    channel
+        .exchange_declare(
+            ShortString::from(name),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: config.durable,
+                passive: !config.declare,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+}

@@ -1,0 +1,16 @@
+//! broker-bridge: reads messages from brokers, turns each into a CloudEvent v1.0 and
+//! publishes it to one RabbitMQ topic exchange, acknowledging the source only after the
+//! exchange confirmed. See `DESIGN.md` in the shared folder for the contracts.
+
+pub mod admin;
+pub mod backoff;
+pub mod bridge;
+pub mod cloudevent;
+pub mod config;
+pub mod exchange;
+pub mod metrics;
+pub mod normalize;
+pub mod routing;
+pub mod sources;
+pub mod supervisor;
+pub mod template;

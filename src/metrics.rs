@@ -1,0 +1,307 @@
+//! Every metric series, named in one place, rendered as Prometheus text.
+//!
+//! Hand-rolled on atomics rather than the `metrics` crate because a bridge's series must
+//! exist at 0 from the moment it starts (histogram included) and disappear when a reload
+//! removes the bridge; the per-message cost is a few relaxed atomic adds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::normalize::RejectReason;
+
+/// Upper bounds (seconds) of the end-to-end latency histogram.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        if let Some(index) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[index].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+}
+
+/// The series of one bridge. Kept across restarts of the bridge (same name), dropped
+/// when a reload removes it.
+#[derive(Default)]
+pub struct BridgeMetrics {
+    pub received: AtomicU64,
+    pub published: AtomicU64,
+    pub dead_lettered: [AtomicU64; RejectReason::ALL.len()],
+    pub unroutable: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub in_flight: AtomicI64,
+    pub up: AtomicI64,
+    pub restarts: AtomicU64,
+    pub source_lag: AtomicI64,
+    pub end_to_end: Histogram,
+}
+
+impl BridgeMetrics {
+    pub fn dead_letter(&self, reason: RejectReason) {
+        if let Some(index) = RejectReason::ALL.iter().position(|r| *r == reason) {
+            self.dead_lettered[index].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+struct Entry {
+    kind: &'static str,
+    metrics: Arc<BridgeMetrics>,
+}
+
+/// All series of the process.
+#[derive(Default)]
+pub struct Registry {
+    bridges: RwLock<BTreeMap<String, Entry>>,
+    pub exchange_up: AtomicI64,
+    pub reloads_success: AtomicU64,
+    pub reloads_failure: AtomicU64,
+    pub last_reload_success_seconds: AtomicU64,
+}
+
+impl Registry {
+    /// The series of a bridge, created at 0 if new. `source_lag` starts at -1: unknown.
+    pub fn bridge(&self, name: &str, kind: &'static str) -> Arc<BridgeMetrics> {
+        let mut bridges = self.bridges.write().expect("metrics lock");
+        if let Some(entry) = bridges.get_mut(name) {
+            entry.kind = kind;
+            return entry.metrics.clone();
+        }
+        let metrics = Arc::new(BridgeMetrics::default());
+        metrics.source_lag.store(-1, Relaxed);
+        bridges.insert(
+            name.to_owned(),
+            Entry {
+                kind,
+                metrics: metrics.clone(),
+            },
+        );
+        metrics
+    }
+
+    pub fn remove_bridge(&self, name: &str) {
+        self.bridges.write().expect("metrics lock").remove(name);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let bridges = self.bridges.read().expect("metrics lock");
+        let mut out = String::with_capacity(4096 + bridges.len() * 3000);
+        let labels =
+            |name: &str, kind: &str| format!("bridge=\"{}\",kind=\"{}\"", escape(name), kind);
+        type Get = fn(&BridgeMetrics) -> i64;
+        let simple: [(&str, &str, &str, Get); 7] = [
+            (
+                "bridge_messages_received_total",
+                "counter",
+                "Messages read from the source.",
+                |m| m.received.load(Relaxed) as i64,
+            ),
+            (
+                "bridge_events_published_total",
+                "counter",
+                "Events confirmed by the exchange.",
+                |m| m.published.load(Relaxed) as i64,
+            ),
+            (
+                "bridge_events_unroutable_total",
+                "counter",
+                "Events the exchange returned because no queue was bound.",
+                |m| m.unroutable.load(Relaxed) as i64,
+            ),
+            (
+                "bridge_publish_retries_total",
+                "counter",
+                "Publishes retried after a failure or timeout.",
+                |m| m.publish_retries.load(Relaxed) as i64,
+            ),
+            (
+                "bridge_in_flight",
+                "gauge",
+                "Messages received and not yet acknowledged.",
+                |m| m.in_flight.load(Relaxed),
+            ),
+            (
+                "bridge_up",
+                "gauge",
+                "1 while the bridge is connected to its source.",
+                |m| m.up.load(Relaxed),
+            ),
+            (
+                "bridge_restarts_total",
+                "counter",
+                "Times the bridge reconnected or was restarted.",
+                |m| m.restarts.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, get) in simple {
+            header(&mut out, name, kind, help);
+            for (bridge, entry) in bridges.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{}}} {}",
+                    labels(bridge, entry.kind),
+                    get(&entry.metrics)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "bridge_events_dead_lettered_total",
+            "counter",
+            "Messages sent to the dead-letter route, by reason.",
+        );
+        for (bridge, entry) in bridges.iter() {
+            for (index, reason) in RejectReason::ALL.iter().map(|r| r.label()).enumerate() {
+                let _ = writeln!(
+                    out,
+                    "bridge_events_dead_lettered_total{{{},reason=\"{reason}\"}} {}",
+                    labels(bridge, entry.kind),
+                    entry.metrics.dead_lettered[index].load(Relaxed)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "bridge_source_lag",
+            "gauge",
+            "Messages waiting at the source, where it can tell (-1: unknown).",
+        );
+        for (bridge, entry) in bridges.iter() {
+            let _ = writeln!(
+                out,
+                "bridge_source_lag{{{}}} {}",
+                labels(bridge, entry.kind),
+                entry.metrics.source_lag.load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "bridge_end_to_end_seconds",
+            "histogram",
+            "Time from receiving a message to the exchange's confirm.",
+        );
+        for (bridge, entry) in bridges.iter() {
+            let histogram = &entry.metrics.end_to_end;
+            let l = labels(bridge, entry.kind);
+            let mut cumulative = 0;
+            for (index, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += histogram.buckets[index].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "bridge_end_to_end_seconds_bucket{{{l},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = histogram.count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "bridge_end_to_end_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
+            );
+            let sum = histogram.sum_micros.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "bridge_end_to_end_seconds_sum{{{l}}} {sum}");
+            let _ = writeln!(out, "bridge_end_to_end_seconds_count{{{l}}} {count}");
+        }
+        header(
+            &mut out,
+            "bridge_exchange_up",
+            "gauge",
+            "1 while the exchange connection is up.",
+        );
+        let _ = writeln!(out, "bridge_exchange_up {}", self.exchange_up.load(Relaxed));
+        header(
+            &mut out,
+            "bridge_config_reloads_total",
+            "counter",
+            "Config reloads, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "bridge_config_reloads_total{{result=\"success\"}} {}",
+            self.reloads_success.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "bridge_config_reloads_total{{result=\"failure\"}} {}",
+            self.reloads_failure.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "bridge_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "When the config was last applied.",
+        );
+        let _ = writeln!(
+            out,
+            "bridge_config_last_reload_success_timestamp_seconds {}",
+            self.last_reload_success_seconds.load(Relaxed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_bridges_have_every_series_at_zero_and_removed_ones_none() {
+        let registry = Registry::default();
+        let metrics = registry.bridge("orders", "nats");
+        let text = registry.render();
+        for name in [
+            "bridge_messages_received_total",
+            "bridge_events_published_total",
+            "bridge_events_unroutable_total",
+            "bridge_publish_retries_total",
+            "bridge_in_flight",
+            "bridge_up",
+            "bridge_restarts_total",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{bridge=\"orders\",kind=\"nats\"}} 0\n")),
+                "{name}"
+            );
+        }
+        assert!(text.contains("bridge_events_dead_lettered_total{bridge=\"orders\",kind=\"nats\",reason=\"too_large\"} 0"));
+        assert!(
+            text.contains("bridge_end_to_end_seconds_count{bridge=\"orders\",kind=\"nats\"} 0")
+        );
+        metrics.end_to_end.observe(Duration::from_millis(3));
+        metrics.dead_letter(RejectReason::InvalidJson);
+        let text = registry.render();
+        assert!(text.contains(
+            "bridge_end_to_end_seconds_bucket{bridge=\"orders\",kind=\"nats\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains("reason=\"invalid_json\"} 1"));
+        registry.remove_bridge("orders");
+        assert!(!registry.render().contains("orders"));
+    }
+}

@@ -1,0 +1,143 @@
+//! Source kinds behind one `Source` trait. A kind's module owns its config struct, its
+//! connection and its acknowledgement; it knows nothing of other kinds or of the exchange.
+
+#[cfg(feature = "nats")]
+pub mod nats;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::normalize::Metadata;
+
+/// One message from a source, with the handle that acknowledges it to its broker.
+pub struct Incoming {
+    pub payload: Bytes,
+    pub meta: Metadata,
+    pub ack: Box<dyn Acker>,
+}
+
+/// Acknowledges a message to its own broker. Called only after the exchange confirmed
+/// the event made from it (or its dead-letter copy). Dropping it without `ack` leaves the
+/// message unacknowledged, so the broker redelivers it.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), SourceError>;
+}
+
+/// For sources without acknowledgements (core NATS: at-most-once).
+pub struct NoAck;
+
+#[async_trait]
+impl Acker for NoAck {
+    async fn ack(self: Box<Self>) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// A connected source.
+#[async_trait]
+pub trait Source: Send {
+    /// The next message. An error means the connection is lost: the bridge reconnects.
+    async fn next(&mut self) -> Result<Incoming, SourceError>;
+
+    /// How far behind the source is, where it can tell (JetStream pending, Kafka lag).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("subscription lost: {0}")]
+    Subscription(String),
+    #[error("acknowledgement failed: {0}")]
+    Ack(String),
+}
+
+/// The kind-specific part of a bridge's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SourceSpec {
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsSpec),
+    #[cfg(feature = "nats")]
+    JetStream(nats::JetStreamSpec),
+}
+
+/// Every kind this build knows, for error messages.
+pub const KINDS: &[&str] = &[
+    #[cfg(feature = "nats")]
+    "nats",
+    #[cfg(feature = "nats")]
+    "jetstream",
+];
+
+impl SourceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "nats")]
+            SourceSpec::Nats(_) => "nats",
+            #[cfg(feature = "nats")]
+            SourceSpec::JetStream(_) => "jetstream",
+        }
+    }
+
+    /// A line for `check`: delivery guarantee and where it reads from.
+    pub fn describe(&self) -> String {
+        match self {
+            #[cfg(feature = "nats")]
+            SourceSpec::Nats(spec) => spec.describe(),
+            #[cfg(feature = "nats")]
+            SourceSpec::JetStream(spec) => spec.describe(),
+        }
+    }
+
+    /// Connects and subscribes.
+    pub async fn connect(&self, context: &ConnectContext) -> Result<Box<dyn Source>, SourceError> {
+        match self {
+            #[cfg(feature = "nats")]
+            SourceSpec::Nats(spec) => nats::connect_core(spec, context).await,
+            #[cfg(feature = "nats")]
+            SourceSpec::JetStream(spec) => nats::connect_jetstream(spec, context).await,
+        }
+    }
+}
+
+/// Reads the kind-specific keys (everything but the common bridge keys).
+pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, String> {
+    match kind {
+        #[cfg(feature = "nats")]
+        "nats" => nats::NatsSpec::parse(table).map(SourceSpec::Nats),
+        #[cfg(feature = "nats")]
+        "jetstream" => nats::JetStreamSpec::parse(table).map(SourceSpec::JetStream),
+        other => Err(format!(
+            "key `kind`: unknown kind `{other}` (this build knows: {})",
+            KINDS.join(", ")
+        )),
+    }
+}
+
+/// TLS settings shared by the kinds that speak TLS (`[bridge.tls]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificates that sign the server certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for mutual TLS (with `key_file`).
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// Refuse to connect without TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// What a source needs to know about its bridge when it connects.
+#[derive(Debug, Clone)]
+pub struct ConnectContext {
+    pub bridge: String,
+    pub max_in_flight: usize,
+}

@@ -1,0 +1,325 @@
+//! Runs the bridges of a config: starts them, reloads on file change or SIGHUP (diff by
+//! bridge name), swaps the publisher when `[exchange]` changes, and drains on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use notify::{RecursiveMode, Watcher};
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{self, BridgeStatus, PublisherSlot, current_publisher};
+use crate::config::{self, BridgeSpec, Config};
+use crate::exchange::Publisher;
+use crate::metrics::{BridgeMetrics, Registry};
+
+/// How long file events are collected into one reload (editors write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What the admin endpoints read.
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub publisher: PublisherSlot,
+    pub bridges: RwLock<BTreeMap<String, BridgeView>>,
+    pub reload: Mutex<ReloadStatus>,
+}
+
+/// One bridge as the admin endpoints see it.
+#[derive(Clone)]
+pub struct BridgeView {
+    pub spec: BridgeSpec,
+    pub status: Arc<BridgeStatus>,
+    pub metrics: Arc<BridgeMetrics>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    pub config_path: PathBuf,
+    pub last_success: Option<DateTime<Utc>>,
+    /// The error of the last reload, cleared by the next successful one.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+struct Running {
+    spec: BridgeSpec,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub struct Supervisor {
+    path: PathBuf,
+    config: Config,
+    shared: Arc<Shared>,
+    running: BTreeMap<String, Running>,
+}
+
+impl Supervisor {
+    /// Starts the publisher and every bridge of an already validated config.
+    pub fn start(path: &Path, config: Config, registry: Arc<Registry>) -> Self {
+        let publisher = Publisher::start(config.exchange.clone(), registry.clone());
+        let shared = Arc::new(Shared {
+            registry: registry.clone(),
+            publisher: Arc::new(RwLock::new(publisher)),
+            bridges: RwLock::new(BTreeMap::new()),
+            reload: Mutex::new(ReloadStatus {
+                config_path: path.to_owned(),
+                last_success: Some(Utc::now()),
+                ..Default::default()
+            }),
+        });
+        registry
+            .last_reload_success_seconds
+            .store(Utc::now().timestamp() as u64, Relaxed);
+        let mut supervisor = Supervisor {
+            path: path.to_owned(),
+            config: config.clone(),
+            shared,
+            running: BTreeMap::new(),
+        };
+        for spec in config.bridges {
+            supervisor.start_bridge(spec);
+        }
+        supervisor
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    fn start_bridge(&mut self, spec: BridgeSpec) {
+        let metrics = self.shared.registry.bridge(&spec.name, spec.kind());
+        let status = Arc::new(BridgeStatus::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(bridge::run(
+            spec.clone(),
+            self.shared.publisher.clone(),
+            metrics.clone(),
+            status.clone(),
+            stop.clone(),
+        ));
+        self.shared.bridges.write().expect("bridges lock").insert(
+            spec.name.clone(),
+            BridgeView {
+                spec: spec.clone(),
+                status,
+                metrics,
+            },
+        );
+        self.running
+            .insert(spec.name.clone(), Running { spec, stop, task });
+    }
+
+    /// Stops several bridges at once and waits until each has drained.
+    async fn stop_bridges(&mut self, names: &[String]) {
+        let mut waits = Vec::new();
+        for name in names {
+            if let Some(running) = self.running.remove(name) {
+                running.stop.cancel();
+                waits.push(running.task);
+            }
+        }
+        for wait in waits {
+            let _ = wait.await;
+        }
+    }
+
+    /// Loads the config again and applies the difference. An invalid config changes
+    /// nothing; its error is logged, counted and shown in `/bridges`.
+    pub async fn reload(&mut self, trigger: &str) -> Result<Vec<PathBuf>, config::ConfigError> {
+        match config::load(&self.path) {
+            Err(error) => {
+                tracing::error!(%trigger, %error, "config reload failed; the running config stays");
+                self.shared.registry.reloads_failure.fetch_add(1, Relaxed);
+                let mut reload = self.shared.reload.lock().expect("reload lock");
+                reload.last_error = Some(error.to_string());
+                reload.last_error_at = Some(Utc::now());
+                Err(error)
+            }
+            Ok(loaded) => {
+                tracing::info!(%trigger, "config reloaded");
+                self.apply(loaded.config).await;
+                self.shared.registry.reloads_success.fetch_add(1, Relaxed);
+                self.shared
+                    .registry
+                    .last_reload_success_seconds
+                    .store(Utc::now().timestamp() as u64, Relaxed);
+                let mut reload = self.shared.reload.lock().expect("reload lock");
+                reload.last_error = None;
+                reload.last_error_at = None;
+                reload.last_success = Some(Utc::now());
+                Ok(loaded.watch_dirs)
+            }
+        }
+    }
+
+    async fn apply(&mut self, new: Config) {
+        if new.exchange != self.config.exchange {
+            tracing::info!("[exchange] changed: connecting a new publisher");
+            let fresh = Publisher::start(new.exchange.clone(), self.shared.registry.clone());
+            let old = std::mem::replace(
+                &mut *self.shared.publisher.write().expect("publisher lock"),
+                fresh,
+            );
+            // In-flight messages retry on the new publisher; close the old one once its
+            // last confirm is in (or after the drain timeout).
+            let timeout = new.defaults.shutdown_timeout;
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                old.shutdown();
+            });
+        }
+        if new.admin != self.config.admin {
+            tracing::warn!("[admin] listen changed: it takes effect after a restart");
+        }
+        let wanted: BTreeMap<&str, &BridgeSpec> =
+            new.bridges.iter().map(|b| (b.name.as_str(), b)).collect();
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        for (name, running) in &self.running {
+            match wanted.get(name.as_str()) {
+                None => to_stop.push(name.clone()),
+                Some(spec) if **spec != running.spec => {
+                    to_stop.push(name.clone());
+                    to_start.push((*spec).clone());
+                }
+                Some(_) => {}
+            }
+        }
+        for spec in &new.bridges {
+            if !self.running.contains_key(&spec.name) {
+                to_start.push(spec.clone());
+            }
+        }
+        let restarted: Vec<&str> = to_start
+            .iter()
+            .filter(|s| self.running.contains_key(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        tracing::info!(
+            stopped = ?to_stop.iter().filter(|n| !restarted.contains(&n.as_str())).collect::<Vec<_>>(),
+            restarted = ?restarted,
+            started = ?to_start.iter().filter(|s| !self.running.contains_key(&s.name)).map(|s| &s.name).collect::<Vec<_>>(),
+            "applying the new config"
+        );
+        self.stop_bridges(&to_stop).await;
+        for name in &to_stop {
+            if !wanted.contains_key(name.as_str()) {
+                self.shared
+                    .bridges
+                    .write()
+                    .expect("bridges lock")
+                    .remove(name);
+                self.shared.registry.remove_bridge(name);
+            }
+        }
+        for spec in to_start {
+            if let Some(metrics) = self
+                .shared
+                .bridges
+                .read()
+                .expect("bridges lock")
+                .get(&spec.name)
+                .map(|view| view.metrics.clone())
+            {
+                metrics.restarts.fetch_add(1, Relaxed);
+            }
+            self.start_bridge(spec);
+        }
+        self.config = new;
+    }
+
+    /// Stops every bridge (draining each) and closes the publisher.
+    pub async fn shutdown(mut self) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        self.stop_bridges(&names).await;
+        current_publisher(&self.shared.publisher).shutdown();
+    }
+
+    /// The main loop: reload on SIGHUP or file change, return on SIGTERM/SIGINT.
+    pub async fn run(mut self, watch_dirs: Vec<PathBuf>) -> anyhow::Result<()> {
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let (file_events, mut changes) = mpsc::unbounded_channel();
+        let mut watcher = ConfigWatcher::new(&self.path, file_events)?;
+        watcher.watch(&watch_dirs);
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    if let Ok(dirs) = self.reload("SIGHUP").await {
+                        watcher.watch(&dirs);
+                    }
+                }
+                Some(()) = changes.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while changes.try_recv().is_ok() {}
+                    if let Ok(dirs) = self.reload("file change").await {
+                        watcher.watch(&dirs);
+                    }
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: draining bridges");
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Watches the config's directories (not the files: editors replace files by renaming)
+/// and reports changes to `.toml` files and to the main config file.
+struct ConfigWatcher {
+    watcher: notify::RecommendedWatcher,
+    watching: Vec<PathBuf>,
+}
+
+impl ConfigWatcher {
+    fn new(path: &Path, events: mpsc::UnboundedSender<()>) -> notify::Result<Self> {
+        let main_file = path.file_name().map(|n| n.to_owned());
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let relevant = event.paths.iter().any(|p| {
+                p.extension().is_some_and(|e| e == "toml")
+                    || p.file_name().map(|n| n.to_owned()) == main_file
+            });
+            if relevant {
+                let _ = events.send(());
+            }
+        })?;
+        Ok(ConfigWatcher {
+            watcher,
+            watching: Vec::new(),
+        })
+    }
+
+    fn watch(&mut self, dirs: &[PathBuf]) {
+        for dir in &self.watching {
+            if !dirs.contains(dir) {
+                let _ = self.watcher.unwatch(dir);
+            }
+        }
+        for dir in dirs {
+            if !self.watching.contains(dir)
+                && let Err(error) = self.watcher.watch(dir, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(dir = %dir.display(), %error, "cannot watch config directory");
+            }
+        }
+        self.watching = dirs.to_vec();
+    }
+}
