@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: ensure the local test brokers (scripts/brokers.sh), then
+# run the whole test suite. Extra arguments go to `cargo test`, e.g.
+#   scripts/test.sh kafka -- --nocapture
+set -euo pipefail
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+
+scripts/brokers.sh
+exec cargo test --locked "$@"
