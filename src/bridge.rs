@@ -14,9 +14,9 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::BridgeSpec;
-use crate::exchange::{Delivered, Outbound, Publisher};
+use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
 use crate::metrics::BridgeMetrics;
-use crate::normalize::{Mapping, RejectReason, normalize};
+use crate::normalize::{Mapping, normalize};
 use crate::sources::{ConnectContext, Incoming, Source};
 
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
@@ -190,43 +190,93 @@ async fn pump(
         };
         shared.metrics.received.fetch_add(1, Relaxed);
         shared.metrics.in_flight.fetch_add(1, Relaxed);
+        let in_flight = InFlight(shared.metrics.clone());
         if let Some(lag) = source.lag() {
             shared.metrics.source_lag.store(lag as i64, Relaxed);
         }
-        tasks.spawn(deliver(incoming, shared.clone(), permit).in_current_span());
+        let message = Message::new(incoming, shared);
+        // The first send happens here, in arrival order, so events keep their order on
+        // the exchange; confirms, retries and acks run concurrently.
+        let publisher = current_publisher(&shared.publisher);
+        let outbound = message.outbound(&publisher, shared);
+        let first = tokio::select! {
+            sent = publisher.send(&outbound) => sent,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let task = deliver(
+            message,
+            shared.clone(),
+            publisher,
+            outbound,
+            first,
+            in_flight,
+            permit,
+        );
+        tasks.spawn(task.in_current_span());
         while tasks.try_join_next().is_some() {}
     }
 }
 
-/// Normalizes, publishes until the exchange confirms (or dead-letters), then acks.
-async fn deliver(incoming: Incoming, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
-    let _in_flight = InFlight(shared.metrics.clone());
-    let received = Instant::now();
-    let Incoming { payload, meta, ack } = incoming;
-    let normalized = normalize(&shared.mapping, &meta, &payload);
-    let rejected: Option<RejectReason> = normalized.as_ref().err().map(|r| r.reason);
-    let build = |publisher: &Publisher| -> Outbound {
-        match &normalized {
-            Ok(event) => publisher.event_message(&event.event, event.routing_key.clone()),
-            Err(reject) => publisher.deadletter_message(
-                shared.mapping.deadletter_key(),
-                payload.clone(),
-                meta.content_type.as_deref(),
-                &shared.name,
-                reject.reason.label(),
-                &reject.detail,
-                meta.subject.as_deref(),
-            ),
+/// A received message and what it becomes.
+struct Message {
+    payload: bytes::Bytes,
+    meta: crate::normalize::Metadata,
+    ack: Box<dyn crate::sources::Acker>,
+    normalized: Result<crate::normalize::Normalized, crate::normalize::Reject>,
+    received: Instant,
+}
+
+impl Message {
+    fn new(incoming: Incoming, shared: &Shared) -> Self {
+        let received = Instant::now();
+        let Incoming { payload, meta, ack } = incoming;
+        let normalized = normalize(&shared.mapping, &meta, &payload);
+        if let Err(reject) = &normalized {
+            tracing::warn!(reason = reject.reason.label(), detail = %reject.detail, "dead-lettering a message");
         }
-    };
-    if let Err(reject) = &normalized {
-        tracing::warn!(reason = reject.reason.label(), detail = %reject.detail, "dead-lettering a message");
+        Message {
+            payload,
+            meta,
+            ack,
+            normalized,
+            received,
+        }
     }
+
+    /// The event, or for a rejected message its dead-letter copy, encoded for `publisher`.
+    fn outbound(&self, publisher: &Publisher, shared: &Shared) -> Outbound {
+        match &self.normalized {
+            Ok(event) => publisher.event_message(&event.event, event.routing_key.clone()),
+            Err(reject) => publisher.deadletter_message(DeadLetter {
+                routing_key: shared.mapping.deadletter_key(),
+                payload: self.payload.clone(),
+                content_type: self.meta.content_type.as_deref(),
+                bridge: &shared.name,
+                reason: reject.reason.label(),
+                detail: &reject.detail,
+                subject: self.meta.subject.as_deref(),
+            }),
+        }
+    }
+}
+
+/// Waits for the confirm, publishing again until one comes, then acks the source.
+async fn deliver(
+    message: Message,
+    shared: Arc<Shared>,
+    mut publisher: Arc<Publisher>,
+    mut outbound: Outbound,
+    first: Result<PendingConfirm, PublishError>,
+    _in_flight: InFlight,
+    _permit: OwnedSemaphorePermit,
+) {
     let mut backoff = Backoff::new(shared.retry.clone());
-    let mut publisher = current_publisher(&shared.publisher);
-    let mut outbound = build(&publisher);
+    let mut attempt = match first {
+        Ok(pending) => pending.confirmed().await,
+        Err(error) => Err(error),
+    };
     let delivered = loop {
-        match publisher.publish(&outbound).await {
+        match attempt {
             Ok(delivered) => break delivered,
             Err(error) => {
                 shared.metrics.publish_retries.fetch_add(1, Relaxed);
@@ -235,9 +285,10 @@ async fn deliver(incoming: Incoming, shared: Arc<Shared>, _permit: OwnedSemaphor
                 let latest = current_publisher(&shared.publisher);
                 if !Arc::ptr_eq(&latest, &publisher) {
                     // `[exchange]` was reloaded: encode again for the new exchange.
-                    outbound = build(&latest);
+                    outbound = message.outbound(&latest, &shared);
                     publisher = latest;
                 }
+                attempt = publisher.publish(&outbound).await;
             }
         }
     };
@@ -245,15 +296,17 @@ async fn deliver(incoming: Incoming, shared: Arc<Shared>, _permit: OwnedSemaphor
         shared.metrics.unroutable.fetch_add(1, Relaxed);
         tracing::debug!(routing_key = %outbound.routing_key, "no queue bound for this routing key");
     }
-    match rejected {
-        None => shared.metrics.published.fetch_add(1, Relaxed),
-        Some(reason) => {
-            shared.metrics.dead_letter(reason);
-            0
+    match &message.normalized {
+        Ok(_) => {
+            shared.metrics.published.fetch_add(1, Relaxed);
         }
-    };
-    shared.metrics.end_to_end.observe(received.elapsed());
-    if let Err(error) = ack.ack().await {
+        Err(reject) => shared.metrics.dead_letter(reject.reason),
+    }
+    shared
+        .metrics
+        .end_to_end
+        .observe(message.received.elapsed());
+    if let Err(error) = message.ack.ack().await {
         tracing::warn!(%error, "ack failed; the source will redeliver (same event id)");
     }
 }

@@ -25,6 +25,22 @@ pub const ERROR_HEADER: &str = "x-bridge-error";
 pub const REASON_HEADER: &str = "x-bridge-reason";
 /// Header with the bridge that dead-lettered the message.
 pub const BRIDGE_HEADER: &str = "x-bridge-name";
+/// Header with the subject/topic/routing key the message arrived on.
+pub const SUBJECT_HEADER: &str = "x-bridge-subject";
+
+/// A message that could not become a CloudEvent, and why.
+pub struct DeadLetter<'a> {
+    pub routing_key: String,
+    /// The original bytes.
+    pub payload: bytes::Bytes,
+    pub content_type: Option<&'a str>,
+    pub bridge: &'a str,
+    /// The short reason label (the metrics `reason`).
+    pub reason: &'a str,
+    /// What exactly was wrong, for people.
+    pub detail: &'a str,
+    pub subject: Option<&'a str>,
+}
 
 /// A message ready to publish: exchange, routing key, properties and body.
 #[derive(Debug, Clone)]
@@ -132,14 +148,17 @@ impl Publisher {
 
     /// One publish attempt: waits for a connection, publishes, waits for the confirm.
     pub async fn publish(&self, message: &Outbound) -> Result<Delivered, PublishError> {
+        self.send(message).await?.confirmed().await
+    }
+
+    /// The first half of a publish: waits for a connection and hands the message to it.
+    /// Calling `send` in order keeps events in order on the exchange; the confirms can
+    /// then be awaited concurrently.
+    pub async fn send(&self, message: &Outbound) -> Result<PendingConfirm, PublishError> {
         let Current {
             generation,
             channel,
         } = self.channel().await?;
-        let broken = |error: lapin::Error| {
-            self.report_broken(generation);
-            PublishError::Connection(error.to_string())
-        };
         let confirm = channel
             .basic_publish(
                 ShortString::from(message.exchange.as_str()),
@@ -152,30 +171,18 @@ impl Publisher {
                 message.properties.clone(),
             )
             .await
-            .map_err(broken)?;
-        match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
-            Err(_) => {
-                // A missing confirm means the channel is stuck or gone: start over.
-                self.report_broken(generation);
-                Err(PublishError::Timeout(self.config.confirm_timeout))
-            }
-            Ok(Err(error)) => Err(broken(error)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(Delivered::Routed),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Delivered::Unroutable),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => {
-                // Cannot happen on a confirm-mode channel; treat it as a broken channel.
-                self.report_broken(generation);
-                Err(PublishError::Connection(
-                    "channel is not in confirm mode".into(),
-                ))
-            }
-        }
+            .map_err(|error| self.broken(generation, error))?;
+        Ok(PendingConfirm {
+            broken: self.broken.clone(),
+            timeout: self.config.confirm_timeout,
+            generation,
+            confirm,
+        })
     }
 
-    fn report_broken(&self, generation: u64) {
-        self.broken.0.fetch_max(generation, Relaxed);
-        self.broken.1.notify_one();
+    fn broken(&self, generation: u64, error: lapin::Error) -> PublishError {
+        report_broken(&self.broken, generation);
+        PublishError::Connection(error.to_string())
     }
 
     /// The exchange that dead letters go to.
@@ -226,16 +233,7 @@ impl Publisher {
     }
 
     /// The dead-letter copy of a message: original bytes and content type, the reason.
-    pub fn deadletter_message(
-        &self,
-        routing_key: String,
-        payload: bytes::Bytes,
-        content_type: Option<&str>,
-        bridge: &str,
-        reason: &str,
-        detail: &str,
-        subject: Option<&str>,
-    ) -> Outbound {
+    pub fn deadletter_message(&self, letter: DeadLetter<'_>) -> Outbound {
         let mut headers = FieldTable::default();
         let mut put = |name: &str, value: &str| {
             headers.insert(
@@ -243,23 +241,64 @@ impl Publisher {
                 AMQPValue::LongString(LongString::from(value)),
             );
         };
-        put(ERROR_HEADER, detail);
-        put(REASON_HEADER, reason);
-        put(BRIDGE_HEADER, bridge);
-        if let Some(subject) = subject {
-            put("x-bridge-subject", subject);
+        put(ERROR_HEADER, letter.detail);
+        put(REASON_HEADER, letter.reason);
+        put(BRIDGE_HEADER, letter.bridge);
+        if let Some(subject) = letter.subject {
+            put(SUBJECT_HEADER, subject);
         }
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(headers);
-        if let Some(content_type) = content_type {
+        if let Some(content_type) = letter.content_type {
             properties = properties.with_content_type(ShortString::from(content_type));
         }
         Outbound {
             exchange: self.deadletter_exchange().to_owned(),
-            routing_key,
+            routing_key: letter.routing_key,
             properties,
-            body: payload,
+            body: letter.payload,
+        }
+    }
+}
+
+/// Tells the connection manager that the connection of `generation` failed.
+fn report_broken(broken: &(AtomicU64, Notify), generation: u64) {
+    broken.0.fetch_max(generation, Relaxed);
+    broken.1.notify_one();
+}
+
+/// A message handed to the broker, waiting for its confirm.
+pub struct PendingConfirm {
+    broken: Arc<(AtomicU64, Notify)>,
+    timeout: std::time::Duration,
+    generation: u64,
+    confirm: lapin::PublisherConfirm,
+}
+
+impl PendingConfirm {
+    pub async fn confirmed(self) -> Result<Delivered, PublishError> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.confirm).await {
+            Err(_) => {
+                // A missing confirm means the channel is stuck or gone: start over.
+                report_broken(&self.broken, self.generation);
+                Err(PublishError::Timeout(timeout))
+            }
+            Ok(Err(error)) => {
+                report_broken(&self.broken, self.generation);
+                Err(PublishError::Connection(error.to_string()))
+            }
+            Ok(Ok(Confirmation::Ack(None))) => Ok(Delivered::Routed),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Delivered::Unroutable),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                // Cannot happen on a confirm-mode channel; treat it as a broken channel.
+                report_broken(&self.broken, self.generation);
+                Err(PublishError::Connection(
+                    "channel is not in confirm mode".into(),
+                ))
+            }
         }
     }
 }
@@ -268,6 +307,14 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("no answer from the broker within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 struct Manager {
@@ -285,8 +332,12 @@ impl Manager {
         let mut backoff = Backoff::new(self.config.backoff.clone());
         let mut generation = 0u64;
         loop {
+            // A broker that accepts TCP but never answers must not hang us: the connect
+            // is bounded by confirm_timeout too.
+            let timeout = self.config.confirm_timeout;
             let attempt = tokio::select! {
-                result = self.connect() => result,
+                result = tokio::time::timeout(timeout, self.connect()) => result
+                    .unwrap_or_else(|_| Err(ConnectError::Timeout(timeout))),
                 _ = self.cancel.cancelled() => break,
             };
             match attempt {
@@ -344,7 +395,7 @@ impl Manager {
         self.registry.exchange_up.store(0, Relaxed);
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+    async fn connect(&self) -> Result<(Connection, Channel), ConnectError> {
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from("broker-bridge"));
         let connection = Connection::connect(&self.config.url, properties).await?;
@@ -365,7 +416,7 @@ impl Manager {
                 let _ = connection
                     .close(200, ShortString::from("setup failed"))
                     .await;
-                Err(error)
+                Err(error.into())
             }
         }
     }
