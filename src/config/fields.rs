@@ -64,7 +64,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, String> {
 mod tests {
     use super::*;
 
-    #[derive(Deserialize)]
+    #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Sample {

@@ -13,7 +13,7 @@ use crate::template::Template;
 
 /// Keys that may be given as `<key>_file`: a path whose contents (trailing newline
 /// removed) become the value. Keeps secrets out of the config file.
-pub const SECRET_KEYS: [&str; 5] = ["url", "password", "token", "nkey", "secret"];
+pub const SECRET_KEYS: [&str; 4] = ["url", "password", "token", "nkey"];
 
 /// Prefix of environment overrides: `BROKER_BRIDGE__EXCHANGE__URL` sets `exchange.url`.
 pub const ENV_PREFIX: &str = "BROKER_BRIDGE";
@@ -117,7 +117,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })?;
     resolve_secret_files(&mut root, &base, &mut String::new())?;
 
-    let top: TopLevel = fields::parse(root).map_err(|message| key_error(message))?;
+    let top: TopLevel = fields::parse(root).map_err(key_error)?;
     let config = build(top)?;
     watch_dirs.sort();
     watch_dirs.dedup();

@@ -189,3 +189,62 @@ impl BridgeSpec {
         self.source.kind()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fields::names;
+
+    const EXAMPLE: &str = include_str!("../../config.example.toml");
+
+    /// True when `key` is documented: a `key = ...` line (commented out or not), a
+    /// `[... .key]` table header, or an entry of the `#   key   description` lists.
+    fn documented(key: &str) -> bool {
+        EXAMPLE.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            let assigned = line
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with([' ', '=']));
+            let line = line.trim_end();
+            let header = line == format!("[{key}]")
+                || line == format!("[[{key}]]")
+                || (line.starts_with('[') && line.ends_with(&format!(".{key}]")));
+            assigned || header
+        })
+    }
+
+    #[test]
+    fn the_example_documents_every_key_the_schema_accepts() {
+        let mut keys: Vec<&str> = [
+            names::<TopLevel>(),
+            names::<ExchangeConfig>(),
+            names::<AdminConfig>(),
+            names::<Defaults>(),
+            names::<BackoffConfig>(),
+            names::<CommonKeys>(),
+        ]
+        .concat();
+        keys.extend(crate::sources::accepted_keys());
+        let secret_files: Vec<String> = load::SECRET_KEYS
+            .iter()
+            .filter(|key| keys.contains(key))
+            .map(|key| format!("{key}_file"))
+            .collect();
+        keys.extend(secret_files.iter().map(String::as_str));
+        let missing: Vec<&str> = keys.into_iter().filter(|key| !documented(key)).collect();
+        assert!(
+            missing.is_empty(),
+            "config.example.toml does not document: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn every_kind_of_this_build_is_listed_in_the_example() {
+        for kind in crate::sources::KINDS {
+            assert!(
+                EXAMPLE.contains(&format!("kind = \"{kind}\"")),
+                "no example bridge of kind {kind}"
+            );
+        }
+    }
+}

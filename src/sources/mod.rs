@@ -121,6 +121,15 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
     }
 }
 
+/// Every key the kinds of this build accept besides the common bridge keys, read from
+/// their config structs (for the test that `config.example.toml` documents them all).
+pub fn accepted_keys() -> Vec<&'static str> {
+    let mut keys = crate::config::fields::names::<TlsOptions>().to_vec();
+    #[cfg(feature = "nats")]
+    keys.extend(nats::accepted_keys());
+    keys
+}
+
 /// TLS settings shared by the kinds that speak TLS (`[bridge.tls]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

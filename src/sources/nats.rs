@@ -142,6 +142,16 @@ impl JetStreamSpec {
     }
 }
 
+/// The keys of both NATS kinds (connection, core and JetStream).
+pub(super) fn accepted_keys() -> Vec<&'static str> {
+    [
+        fields::names::<NatsConnection>(),
+        fields::names::<NatsKeys>(),
+        fields::names::<JetStreamKeys>(),
+    ]
+    .concat()
+}
+
 /// `host:port` of the first server, without credentials, for CloudEvent sources.
 fn server_label(url: &str) -> String {
     let first = url.split(',').next().unwrap_or("").trim();
