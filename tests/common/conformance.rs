@@ -1,0 +1,326 @@
+//! The contract checks every source kind must pass (DESIGN.md "Delivery contract" and
+//! "CloudEvent mapping rules"). A kind's test file implements `SourceUnderTest` and calls
+//! these; it adds only what is special about the kind.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine;
+use cloudevents::AttributesReader;
+
+use super::{Daemon, Rabbit, Received, sample_payloads, unique};
+
+/// A source kind as the conformance checks drive it.
+pub trait SourceUnderTest {
+    /// The `kind` label of the bridge.
+    fn kind(&self) -> &'static str;
+    /// Whether an ack-less source (at-most-once) is under test.
+    fn at_least_once(&self) -> bool;
+    /// The kind-specific TOML lines of a bridge reading this source.
+    fn bridge_keys(&self) -> String;
+    /// The subject/topic/routing key messages are sent with (becomes `type`/`subject`).
+    fn subject(&self) -> String;
+    /// Sends one message with an independent client.
+    async fn send(&self, payload: &[u8], headers: &[(&str, &str)]);
+}
+
+/// A `[[bridge]]` table: common keys, the kind's keys, and `extra` lines.
+pub fn bridge_table<S: SourceUnderTest>(source: &S, name: &str, extra: &str) -> String {
+    format!(
+        "[[bridge]]\nname = \"{name}\"\nkind = \"{}\"\n{}\n{extra}\n",
+        source.kind(),
+        source.bridge_keys()
+    )
+}
+
+fn routing_word(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Checks one delivered event against the payload it was made from.
+pub fn assert_event_matches(received: &Received, payload: &[u8], subject: &str) {
+    assert_eq!(
+        received
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("application/cloudevents+json; charset=utf-8")
+    );
+    assert_eq!(*received.properties.delivery_mode(), Some(2), "persistent");
+    // An independent parser accepts it as a CloudEvent v1.0.
+    let event: cloudevents::Event =
+        serde_json::from_slice(&received.body).expect("cloudevents-sdk parses the event");
+    assert_eq!(event.specversion().as_str(), "1.0");
+    assert!(!event.id().is_empty());
+    assert_eq!(
+        received
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .as_deref(),
+        Some(event.id())
+    );
+    assert_eq!(event.ty(), subject, "type defaults to the subject");
+    assert_eq!(event.subject(), Some(subject));
+    assert!(event.time().is_some());
+    assert!(!event.source().to_string().is_empty());
+    let json = received.json();
+    assert_eq!(json["tenant"], "acme");
+    if serde_json::from_slice::<serde_json::Value>(payload).is_ok() {
+        assert!(
+            json.get("data_base64").is_none(),
+            "JSON must never be base64"
+        );
+        let needle = [b"\"data\":".as_slice(), payload].concat();
+        assert!(
+            received
+                .body
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "JSON data is not byte-exact in {}",
+            String::from_utf8_lossy(&received.body)
+        );
+        assert_eq!(json["datacontenttype"], "application/json");
+    } else {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(json["data_base64"].as_str().expect("data_base64"))
+            .unwrap();
+        assert_eq!(data, payload, "binary data is not byte-exact");
+        assert_eq!(json["datacontenttype"], "application/octet-stream");
+    }
+}
+
+/// Messages sent with an independent client arrive on a queue bound to the exchange, with
+/// the right routing key, valid attributes and byte-exact data.
+pub async fn delivers_byte_exact<S: SourceUnderTest>(source: &S) {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let daemon = Daemon::start(
+        super::AMQP_URL,
+        &exchange,
+        &bridge_table(source, &bridge, ""),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let payloads = sample_payloads();
+    for (_, payload) in &payloads {
+        source.send(payload, &[]).await;
+    }
+    let received = rabbit
+        .take_exactly(&queue, payloads.len(), Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), payloads.len(), "log: {}", daemon.log());
+    let subject = source.subject();
+    let expected_key = format!("event.acme.{bridge}.{}", routing_word(&subject));
+    for (received, (_, payload)) in received.iter().zip(&payloads) {
+        assert_eq!(received.routing_key, expected_key);
+        assert_event_matches(received, payload, &subject);
+    }
+}
+
+/// Poison input goes to the dead-letter route with its reason; the bridge keeps going.
+pub async fn dead_letters_poison<S: SourceUnderTest>(source: &S) {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let events = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.acme.{bridge}"))
+        .await;
+    let extra = "format = \"json\"\nmax_message_bytes = 1000";
+    let daemon = Daemon::start(
+        super::AMQP_URL,
+        &exchange,
+        &bridge_table(source, &bridge, extra),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let not_json = b"{ this is not json".to_vec();
+    let too_large = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000)).into_bytes();
+    source.send(&not_json, &[]).await;
+    source.send(&too_large, &[]).await;
+    source.send(br#"{"fine":true}"#, &[]).await;
+
+    let dead_letters = rabbit.take_exactly(&dead, 2, Duration::from_secs(20)).await;
+    assert_eq!(dead_letters.len(), 2, "log: {}", daemon.log());
+    let by_reason = |reason: &str| {
+        dead_letters
+            .iter()
+            .find(|d| d.header("x-bridge-reason").as_deref() == Some(reason))
+            .unwrap_or_else(|| panic!("no dead letter with reason {reason}: {dead_letters:?}"))
+    };
+    let invalid = by_reason("invalid_json");
+    assert_eq!(
+        invalid.body, not_json,
+        "dead letter keeps the original bytes"
+    );
+    assert!(
+        invalid
+            .header("x-bridge-error")
+            .unwrap()
+            .contains("not JSON")
+    );
+    assert_eq!(
+        invalid.header("x-bridge-name").as_deref(),
+        Some(bridge.as_str())
+    );
+    let large = by_reason("too_large");
+    assert_eq!(large.body, too_large);
+    assert!(
+        large
+            .header("x-bridge-error")
+            .unwrap()
+            .contains("max_message_bytes")
+    );
+
+    let good = rabbit
+        .take_exactly(&events, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(good.len(), 1, "the bridge keeps going after poison");
+    assert_eq!(good[0].json()["data"], serde_json::json!({"fine": true}));
+
+    let kind = source.kind();
+    let metrics = daemon.metrics();
+    let dead_count = |reason: &str| {
+        metrics.get(
+            "bridge_events_dead_lettered_total",
+            &[("bridge", &bridge), ("kind", kind), ("reason", reason)],
+        )
+    };
+    assert_eq!(dead_count("invalid_json"), Some(1.0));
+    assert_eq!(dead_count("too_large"), Some(1.0));
+    assert_eq!(dead_count("unresolved_template"), Some(0.0));
+    assert_eq!(
+        metrics.bridge("bridge_events_published_total", &bridge, kind),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.bridge("bridge_messages_received_total", &bridge, kind),
+        Some(3.0)
+    );
+}
+
+/// Every series exists at 0 from bridge start; counters match what was sent.
+pub async fn metrics_match_traffic<S: SourceUnderTest>(source: &S) {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let daemon = Daemon::start(
+        super::AMQP_URL,
+        &exchange,
+        &bridge_table(source, &bridge, ""),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let kind = source.kind();
+
+    let before = daemon.metrics();
+    for name in [
+        "bridge_messages_received_total",
+        "bridge_events_published_total",
+        "bridge_events_unroutable_total",
+        "bridge_publish_retries_total",
+        "bridge_in_flight",
+        "bridge_restarts_total",
+        "bridge_end_to_end_seconds",
+    ] {
+        assert_eq!(before.bridge(name, &bridge, kind), Some(0.0), "{name} at 0");
+    }
+    assert_eq!(before.bridge("bridge_up", &bridge, kind), Some(1.0));
+    assert_eq!(before.get("bridge_exchange_up", &[]), Some(1.0));
+    assert!(
+        before
+            .get("bridge_config_reloads_total", &[("result", "failure")])
+            .is_some()
+    );
+    assert!(
+        before
+            .get("bridge_config_last_reload_success_timestamp_seconds", &[])
+            .unwrap()
+            > 0.0
+    );
+
+    let sent = 25;
+    for n in 0..sent {
+        source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
+    }
+    let received = rabbit
+        .take_exactly(&queue, sent, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), sent);
+    let ids: HashSet<String> = received
+        .iter()
+        .map(|r| r.json()["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), sent, "distinct ids");
+    super::eventually(Duration::from_secs(5), "in-flight back to 0", || {
+        daemon.metrics().bridge("bridge_in_flight", &bridge, kind) == Some(0.0)
+    })
+    .await;
+    let after = daemon.metrics();
+    let sent = sent as f64;
+    assert_eq!(
+        after.bridge("bridge_messages_received_total", &bridge, kind),
+        Some(sent)
+    );
+    assert_eq!(
+        after.bridge("bridge_events_published_total", &bridge, kind),
+        Some(sent)
+    );
+    assert_eq!(
+        after.bridge("bridge_end_to_end_seconds", &bridge, kind),
+        Some(sent)
+    );
+    assert_eq!(
+        after.bridge("bridge_events_unroutable_total", &bridge, kind),
+        Some(0.0)
+    );
+}
+
+/// Events nobody is bound for are confirmed, counted as unroutable, and acked.
+pub async fn counts_unroutable<S: SourceUnderTest>(source: &S) {
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let daemon = Daemon::start(
+        super::AMQP_URL,
+        &exchange,
+        &bridge_table(source, &bridge, ""),
+    )
+    .await;
+    daemon.wait_ready().await;
+    source.send(b"{\"lonely\":1}", &[]).await;
+    let kind = source.kind();
+    super::eventually(Duration::from_secs(10), "unroutable counted", || {
+        daemon
+            .metrics()
+            .bridge("bridge_events_unroutable_total", &bridge, kind)
+            == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        daemon
+            .metrics()
+            .bridge("bridge_events_published_total", &bridge, kind),
+        Some(1.0)
+    );
+}

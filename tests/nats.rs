@@ -1,0 +1,162 @@
+//! `kind = "nats"`: the shared conformance checks plus what is special about core NATS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::{AMQP_URL, Daemon, Rabbit, unique};
+
+struct CoreNats {
+    subject: String,
+}
+
+impl CoreNats {
+    fn new() -> Self {
+        CoreNats {
+            subject: format!("{}.readings", unique("t").replace('-', "_")),
+        }
+    }
+}
+
+impl SourceUnderTest for CoreNats {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+    fn at_least_once(&self) -> bool {
+        false
+    }
+    fn bridge_keys(&self) -> String {
+        format!(
+            "url = \"{}\"\nsubject = \"{}\"",
+            common::NATS_URL,
+            self.subject
+        )
+    }
+    fn subject(&self) -> String {
+        self.subject.clone()
+    }
+    async fn send(&self, payload: &[u8], headers: &[(&str, &str)]) {
+        let client = common::nats().await;
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        client
+            .publish_with_headers(self.subject.clone(), map, payload.to_vec().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn delivers_byte_exact_events() {
+    conformance::delivers_byte_exact(&CoreNats::new()).await;
+}
+
+#[tokio::test]
+async fn dead_letters_poison_and_keeps_going() {
+    conformance::dead_letters_poison(&CoreNats::new()).await;
+}
+
+#[tokio::test]
+async fn metrics_match_traffic() {
+    conformance::metrics_match_traffic(&CoreNats::new()).await;
+}
+
+#[tokio::test]
+async fn counts_unroutable_events() {
+    conformance::counts_unroutable(&CoreNats::new()).await;
+}
+
+/// `Nats-Msg-Id` becomes the event id; binary-mode CloudEvent headers pass through.
+#[tokio::test]
+async fn message_ids_and_inbound_cloudevents() {
+    let source = CoreNats::new();
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let daemon = Daemon::start(AMQP_URL, &exchange, &bridge_table(&source, &bridge, "")).await;
+    daemon.wait_running(&bridge).await;
+    source
+        .send(b"{\"a\":1}", &[("Nats-Msg-Id", "order-77")])
+        .await;
+    source
+        .send(
+            b"plain text data",
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "upstream-1"),
+                ("ce-source", "/sensors/kitchen"),
+                ("ce-type", "com.example.reading"),
+                ("ce-myext", "kept"),
+                ("Content-Type", "text/plain"),
+            ],
+        )
+        .await;
+    let received = rabbit
+        .take_exactly(&queue, 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    assert_eq!(received[0].json()["id"], "order-77");
+    let passed = received[1].json();
+    assert_eq!(passed["id"], "upstream-1");
+    assert_eq!(passed["source"], "/sensors/kitchen");
+    assert_eq!(passed["type"], "com.example.reading");
+    assert_eq!(passed["myext"], "kept");
+    assert_eq!(passed["tenant"], "acme");
+    assert_eq!(passed["datacontenttype"], "text/plain");
+    assert_eq!(
+        received[1].routing_key,
+        format!("event.acme.{bridge}.com_example_reading")
+    );
+}
+
+/// Two daemons in one queue group share the subject: each message arrives once.
+#[tokio::test]
+async fn queue_group_splits_messages_between_replicas() {
+    let source = CoreNats::new();
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let table = bridge_table(&source, &bridge, "queue_group = \"replicas\"");
+    let first = Daemon::start(AMQP_URL, &exchange, &table).await;
+    let second = Daemon::start(AMQP_URL, &exchange, &table).await;
+    first.wait_running(&bridge).await;
+    second.wait_running(&bridge).await;
+    for n in 0..40 {
+        source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
+    }
+    let received = rabbit
+        .take_exactly(&queue, 40, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        received.len(),
+        40,
+        "each message exactly once across the group"
+    );
+    let published = |d: &Daemon| {
+        d.metrics()
+            .bridge("bridge_events_published_total", &bridge, "nats")
+            .unwrap()
+    };
+    assert_eq!(published(&first) + published(&second), 40.0);
+}
+
+/// SIGTERM drains and exits 0.
+#[tokio::test]
+async fn sigterm_exits_cleanly() {
+    let source = CoreNats::new();
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let mut daemon = Daemon::start(AMQP_URL, &exchange, &bridge_table(&source, &bridge, "")).await;
+    daemon.wait_running(&bridge).await;
+    assert_eq!(daemon.terminate(), Some(0), "log: {}", daemon.log());
+}
