@@ -1,0 +1,538 @@
+//! End-to-end figures for the NATS core and JetStream bridges, and the exchange ceiling
+//! measured in the same run. Not a test: it prints numbers and asserts nothing about them.
+//!
+//! For each kind a real `broker-bridge` process (the release build) bridges a source into
+//! a fresh exchange, and a consumer of our own counts the events on a queue bound to it:
+//!
+//! - throughput: a burst of messages sent as fast as the source takes them; events per
+//!   second from the first send to the last event on the queue, every one confirmed;
+//! - latency: messages paced at a modest rate, each carrying its send time; p50/p99 of
+//!   send to arrival on the queue, so queueing of a burst does not hide the pipeline;
+//! - peak RSS of the daemon process (VmHWM) after both phases.
+//!
+//! The ceiling is the same `Publisher` the daemon uses, in this process, sending the same
+//! events (made by the same `normalize` from the same payloads) straight to the exchange
+//! with the same in-order send and at most `max_in_flight` confirms outstanding.
+//!
+//! Run: `scripts/bench.sh` (starts the brokers, then `cargo bench --bench pipeline`).
+//! `BENCH_EVENTS` sets the burst size (default 20000).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use broker_bridge::config;
+use broker_bridge::exchange::Publisher;
+use broker_bridge::metrics::Registry;
+use broker_bridge::normalize::{Mapping, Metadata, normalize};
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+const MAX_IN_FLIGHT: usize = 256;
+const LATENCY_EVENTS: usize = 2_000;
+const LATENCY_PACE: Duration = Duration::from_micros(1_000);
+const PAD: usize = 160;
+
+fn main() {
+    let events: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        println!(
+            "broker-bridge pipeline bench: {events} events per burst, {LATENCY_EVENTS} paced at {}/s for latency, \
+             {}-byte JSON payloads, max_in_flight {MAX_IN_FLIGHT}",
+            Duration::from_secs(1).as_micros() / LATENCY_PACE.as_micros(),
+            payload(0, 0).len()
+        );
+        println!(
+            "{:<28} {:>12} {:>10} {:>10} {:>12}",
+            "path", "events/s", "p50 ms", "p99 ms", "peak RSS MiB"
+        );
+        let ceiling = ceiling(events).await;
+        ceiling.print("exchange ceiling (in-process)");
+        for kind in [Kind::Nats, Kind::JetStream] {
+            let result = bridge(kind, events).await;
+            result.print(kind.label());
+            println!(
+                "{:<28} {:>11.0}%",
+                format!("  {} / ceiling", kind.name()),
+                100.0 * result.per_second / ceiling.per_second
+            );
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Nats,
+    JetStream,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Nats => "nats",
+            Kind::JetStream => "jetstream",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Nats => "nats -> exchange",
+            Kind::JetStream => "jetstream -> exchange",
+        }
+    }
+}
+
+struct Figures {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    peak_rss_kib: Option<u64>,
+}
+
+impl Figures {
+    fn print(&self, label: &str) {
+        let rss = self
+            .peak_rss_kib
+            .map(|kib| format!("{:.1}", kib as f64 / 1024.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{label:<28} {:>12.0} {:>10.2} {:>10.2} {rss:>12}",
+            self.per_second,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A JSON payload carrying its send time (0 in the burst) and a sequence number.
+fn payload(sequence: usize, sent_ns: u64) -> Bytes {
+    Bytes::from(format!(
+        "{{\"seq\":{sequence:>8},\"sent_ns\":{sent_ns:>20},\"pad\":\"{}\"}}",
+        "x".repeat(PAD)
+    ))
+}
+
+/// A queue bound to the exchange, counting events and recording latencies of paced ones.
+struct Counter {
+    arrived: Arc<AtomicUsize>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    _connection: Connection,
+}
+
+impl Counter {
+    async fn bind(exchange: &str) -> Counter {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (run scripts/brokers.sh)");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "event.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "bench".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let (count, record) = (arrived.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let now = unix_nanos();
+                let event: serde_json::Value =
+                    serde_json::from_slice(&delivery.data).expect("structured CloudEvent");
+                let sent = event["data"]["sent_ns"].as_u64().unwrap_or(0);
+                if sent > 0 {
+                    record
+                        .lock()
+                        .await
+                        .push(Duration::from_nanos(now.saturating_sub(sent)));
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Counter {
+            arrived,
+            latencies,
+            _connection: connection,
+        }
+    }
+
+    /// Waits until `total` events have arrived; panics after a minute without progress.
+    async fn wait_for(&self, total: usize) {
+        let mut last = (self.arrived.load(Ordering::Relaxed), Instant::now());
+        loop {
+            let now = self.arrived.load(Ordering::Relaxed);
+            if now >= total {
+                return;
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            assert!(
+                last.1.elapsed() < Duration::from_secs(60),
+                "stalled at {now} of {total} events"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn percentiles(&self) -> (Duration, Duration) {
+        let mut latencies = self.latencies.lock().await.clone();
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        (at(0.50), at(0.99))
+    }
+}
+
+/// The config the daemon runs in the bench.
+fn config_text(exchange: &str, admin_port: u16, bridge: &str) -> String {
+    format!(
+        r#"
+[exchange]
+url = "{AMQP_URL}"
+name = "{exchange}"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[defaults]
+tenant = "bench"
+max_in_flight = {MAX_IN_FLIGHT}
+
+{bridge}
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The release build of the daemon, next to this bench's own executable's profile.
+fn spawn_daemon(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_broker-bridge"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start broker-bridge")
+}
+
+/// Sends to a NATS subject (core) or a JetStream stream as fast as it takes them.
+struct SourceClient {
+    kind: Kind,
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    subject: String,
+}
+
+impl SourceClient {
+    async fn send_all(&self, payloads: impl Iterator<Item = Bytes>) {
+        match self.kind {
+            Kind::Nats => {
+                for payload in payloads {
+                    self.client
+                        .publish(self.subject.clone(), payload)
+                        .await
+                        .unwrap();
+                }
+                self.client.flush().await.unwrap();
+            }
+            Kind::JetStream => {
+                // Keep a window of stored-acks outstanding, as a fast producer would.
+                let mut acks = VecDeque::new();
+                for payload in payloads {
+                    acks.push_back(
+                        self.jetstream
+                            .publish(self.subject.clone(), payload)
+                            .await
+                            .unwrap(),
+                    );
+                    if acks.len() >= 512 {
+                        acks.pop_front().unwrap().await.expect("stored");
+                    }
+                }
+                for ack in acks {
+                    ack.await.expect("stored");
+                }
+            }
+        }
+    }
+
+    async fn send_paced(&self) {
+        let mut tick = tokio::time::interval(LATENCY_PACE);
+        for sequence in 0..LATENCY_EVENTS {
+            tick.tick().await;
+            let body = payload(sequence, unix_nanos());
+            match self.kind {
+                Kind::Nats => self
+                    .client
+                    .publish(self.subject.clone(), body)
+                    .await
+                    .unwrap(),
+                Kind::JetStream => {
+                    // Not awaiting the stored-ack keeps the pace; it is awaited below.
+                    let _ = self
+                        .jetstream
+                        .publish(self.subject.clone(), body)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        self.client.flush().await.unwrap();
+    }
+}
+
+async fn bridge(kind: Kind, events: usize) -> Figures {
+    let exchange = unique("bench-ex");
+    let bridge_name = unique(kind.name());
+    let subject = format!("bench.{}", bridge_name.replace('-', "_"));
+    let client = async_nats::connect(NATS_URL)
+        .await
+        .expect("NATS on 127.0.0.1:4222 (run scripts/brokers.sh)");
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let stream = format!("BENCH_{}", bridge_name.replace('-', "_"));
+    let table = match kind {
+        Kind::Nats => format!(
+            "[[bridge]]\nname = \"{bridge_name}\"\nkind = \"nats\"\nurl = \"{NATS_URL}\"\nsubject = \"{subject}\"\n"
+        ),
+        Kind::JetStream => {
+            jetstream
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![subject.clone()],
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await
+                .expect("create stream");
+            format!(
+                "[[bridge]]\nname = \"{bridge_name}\"\nkind = \"jetstream\"\nurl = \"{NATS_URL}\"\nstream = \"{stream}\"\n"
+            )
+        }
+    };
+    let counter = Counter::bind(&exchange).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("bench.toml");
+    let admin_port = free_port();
+    std::fs::write(&config_path, config_text(&exchange, admin_port, &table)).unwrap();
+    let mut daemon = spawn_daemon(&config_path, &dir.path().join("daemon.log"));
+    let started = Instant::now();
+    while !ready(admin_port) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "daemon not ready: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let source = SourceClient {
+        kind,
+        client,
+        jetstream: jetstream.clone(),
+        subject,
+    };
+
+    let start = Instant::now();
+    source.send_all((0..events).map(|n| payload(n, 0))).await;
+    counter.wait_for(events).await;
+    let per_second = events as f64 / start.elapsed().as_secs_f64();
+
+    source.send_paced().await;
+    counter.wait_for(events + LATENCY_EVENTS).await;
+    let (p50, p99) = counter.percentiles().await;
+    let peak_rss_kib = peak_rss_kib(daemon.id());
+
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    if let Kind::JetStream = kind {
+        let _ = jetstream.delete_stream(&stream).await;
+    }
+    Figures {
+        per_second,
+        p50,
+        p99,
+        peak_rss_kib,
+    }
+}
+
+/// The same events, made by the daemon's own `normalize`, published straight to the
+/// exchange by the daemon's `Publisher` the way a bridge does.
+async fn ceiling(events: usize) -> Figures {
+    let exchange = unique("bench-ex");
+    let counter = Counter::bind(&exchange).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("ceiling.toml");
+    let table = format!(
+        "[[bridge]]\nname = \"ceiling\"\nkind = \"nats\"\nurl = \"{NATS_URL}\"\nsubject = \"bench.ceiling\"\n"
+    );
+    std::fs::write(&config_path, config_text(&exchange, 0, &table)).unwrap();
+    let loaded = config::load(&config_path).expect("bench config");
+    let mapping = Mapping::new(&loaded.config.bridges[0]);
+    let publisher = Publisher::start(
+        loaded.config.exchange.clone(),
+        Arc::new(Registry::default()),
+    );
+    let build = |sequence: usize, sent_ns: u64| {
+        let meta = Metadata {
+            subject: Some("bench.ceiling".into()),
+            source_uri: "nats://127.0.0.1:4222/bench.ceiling".into(),
+            received: Utc::now(),
+            ..Default::default()
+        };
+        let normalized = normalize(&mapping, &meta, &payload(sequence, sent_ns)).expect("valid");
+        publisher.event_message(&normalized.event, normalized.routing_key)
+    };
+    let prebuilt: Vec<_> = (0..events).map(|n| build(n, 0)).collect();
+
+    let start = Instant::now();
+    let mut confirms = VecDeque::new();
+    for message in &prebuilt {
+        confirms.push_back(publisher.send(message).await.expect("sent"));
+        if confirms.len() >= MAX_IN_FLIGHT {
+            confirms
+                .pop_front()
+                .unwrap()
+                .confirmed()
+                .await
+                .expect("confirmed");
+        }
+    }
+    for confirm in confirms {
+        confirm.confirmed().await.expect("confirmed");
+    }
+    counter.wait_for(events).await;
+    let per_second = events as f64 / start.elapsed().as_secs_f64();
+
+    // Latency: built when sent, as a bridge builds each event when it arrives.
+    let mut tick = tokio::time::interval(LATENCY_PACE);
+    let mut confirms = VecDeque::new();
+    for sequence in 0..LATENCY_EVENTS {
+        tick.tick().await;
+        let message = build(sequence, unix_nanos());
+        confirms.push_back(publisher.send(&message).await.expect("sent"));
+        while confirms.len() >= MAX_IN_FLIGHT {
+            confirms
+                .pop_front()
+                .unwrap()
+                .confirmed()
+                .await
+                .expect("confirmed");
+        }
+    }
+    for confirm in confirms {
+        confirm.confirmed().await.expect("confirmed");
+    }
+    counter.wait_for(events + LATENCY_EVENTS).await;
+    let (p50, p99) = counter.percentiles().await;
+    publisher.shutdown();
+    Figures {
+        per_second,
+        p50,
+        p99,
+        peak_rss_kib: None,
+    }
+}
