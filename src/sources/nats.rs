@@ -99,9 +99,39 @@ pub struct JetStreamSpec {
 fn parse_parts<K: for<'de> Deserialize<'de>>(
     mut table: Map<String, Value>,
 ) -> Result<(NatsConnection, K), String> {
-    let connection = fields::parse(Value::Object(fields::take::<NatsConnection>(&mut table)))?;
+    let connection: NatsConnection =
+        fields::parse(Value::Object(fields::take::<NatsConnection>(&mut table)))?;
+    connection.validate()?;
     let keys = fields::parse(Value::Object(table))?;
     Ok((connection, keys))
+}
+
+impl NatsConnection {
+    /// Refuses settings that would otherwise be silently ignored.
+    fn validate(&self) -> Result<(), String> {
+        match (&self.user, &self.password) {
+            (Some(_), None) => return Err("key `user`: needs `password` too".into()),
+            (None, Some(_)) => return Err("key `password`: needs `user` too".into()),
+            _ => {}
+        }
+        let methods = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|set| **set).count() > 1 {
+            return Err(
+                "keys `user`/`token`/`nkey`/`creds_file`: choose one way to authenticate".into(),
+            );
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err("key `tls`: `cert_file` and `key_file` go together".into());
+        }
+        Ok(())
+    }
 }
 
 impl NatsSpec {
@@ -413,6 +443,27 @@ mod tests {
         assert_eq!(server_label("nats://u:p@127.0.0.1:4222"), "127.0.0.1:4222");
         assert_eq!(server_label("tls://a:4222, tls://b:4222"), "a:4222");
         assert_eq!(server_label("localhost:4222"), "localhost:4222");
+    }
+
+    #[test]
+    fn half_given_credentials_are_refused() {
+        for (table, key) in [
+            (serde_json::json!({"subject": "a", "user": "u"}), "user"),
+            (serde_json::json!({"subject": "a", "password": "p"}), "password"),
+            (
+                serde_json::json!({"subject": "a", "user": "u", "password": "p", "token": "t"}),
+                "creds_file",
+            ),
+            (
+                serde_json::json!({"subject": "a", "tls": {"cert_file": "c.pem"}}),
+                "key_file",
+            ),
+        ] {
+            let err = NatsSpec::parse(table.as_object().unwrap().clone()).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
+        let fine = serde_json::json!({"subject": "a", "user": "u", "password": "p"});
+        assert!(NatsSpec::parse(fine.as_object().unwrap().clone()).is_ok());
     }
 
     #[test]
