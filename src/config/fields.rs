@@ -48,6 +48,22 @@ pub fn take<T: for<'de> Deserialize<'de>>(table: &mut Map<String, Value>) -> Map
         .collect()
 }
 
+/// Refuses the first key of `table` that is not in `accepted`, listing what is, since
+/// serde's own message would list only the keys of one of the structs sharing a table.
+pub fn reject_unknown(
+    table: &Map<String, Value>,
+    accepted: &[&str],
+    what: &str,
+) -> Result<(), String> {
+    match table.keys().find(|key| !accepted.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(unknown) => Err(format!(
+            "key `{unknown}`: unknown key; {what} accepts the common bridge keys and {}",
+            accepted.join(", ")
+        )),
+    }
+}
+
 /// Deserialises `T`, naming the offending key path in the error.
 pub fn parse<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|err| {

@@ -1,6 +1,7 @@
 //! Loading: the main TOML file and its `include` globs through the `config` crate,
-//! `BROKER_BRIDGE__SECTION__KEY` environment overrides, `${VAR}` / `${VAR:-default}`
-//! interpolation, `<key>_file` secrets, then the typed schema and its checks.
+//! `BROKER_BRIDGE__SECTION__KEY` environment overrides (typed by the schema's defaults),
+//! `${VAR}` / `${VAR:-default}` interpolation, `<key>_file` secrets and other `*_file`
+//! paths (relative to the file that holds them), then the typed schema and its checks.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -40,21 +41,13 @@ pub struct Loaded {
     pub watch_dirs: Vec<PathBuf>,
 }
 
-fn read_toml(path: &Path, with_env: bool) -> Result<Value, ConfigError> {
-    let mut builder = config::Config::builder().add_source(
-        config::File::from(path)
-            .format(config::FileFormat::Toml)
-            .required(true),
-    );
-    if with_env {
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-    }
-    builder
+fn read_toml(path: &Path) -> Result<Value, ConfigError> {
+    config::Config::builder()
+        .add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        )
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
         .map_err(|e| ConfigError::File {
@@ -65,8 +58,25 @@ fn read_toml(path: &Path, with_env: bool) -> Result<Value, ConfigError> {
 
 /// Loads and validates the configuration at `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
-    let mut root = read_toml(path, true)?;
+    // The directory made canonical, so watched directories and relative paths do not
+    // depend on the working directory (`-c config.toml` has an empty parent) and match
+    // the paths file events carry. The file itself may stay a symlink.
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let parent = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let base = std::fs::canonicalize(parent)
+        .map_err(|e| file_error(format!("its directory cannot be read: {e}")))?;
+    let path = &base.join(
+        path.file_name()
+            .ok_or_else(|| file_error("is not a file name".into()))?,
+    );
+    let mut root = read_toml(path)?;
+    apply_env_overrides(&mut root, std::env::vars())?;
     let table = root.as_object_mut().ok_or_else(|| ConfigError::File {
         path: path.to_owned(),
         message: "the config must be a TOML table".into(),
@@ -81,7 +91,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             message: "must be a list of file patterns".into(),
         })?,
     };
-    let mut bridges: Vec<Value> = match table.remove("bridge") {
+    let main_bridges: Vec<Value> = match table.remove("bridge") {
         None => Vec::new(),
         Some(Value::Array(items)) => items,
         Some(_) => {
@@ -91,6 +101,11 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             });
         }
     };
+    prepare(&mut root, &base)?;
+    let mut bridges = Vec::with_capacity(main_bridges.len());
+    for raw in main_bridges {
+        bridges.push(prepare_bridge(raw, &base, bridges.len())?);
+    }
     for pattern in &patterns {
         let absolute = base.join(pattern);
         let text = absolute.to_string_lossy().into_owned();
@@ -106,16 +121,16 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             .collect();
         matched.sort();
         for file in matched {
-            bridges.extend(read_include(&file)?);
+            let file_base = file.parent().unwrap_or(&base).to_owned();
+            for raw in read_include(&file)? {
+                bridges.push(prepare_bridge(raw, &file_base, bridges.len())?);
+            }
             files.push(file);
         }
     }
-    table.insert("bridge".into(), Value::Array(bridges));
-
-    interpolate(&mut root, &mut String::new(), &|name| {
-        std::env::var(name).ok()
-    })?;
-    resolve_secret_files(&mut root, &base, &mut String::new())?;
+    root.as_object_mut()
+        .expect("checked above")
+        .insert("bridge".into(), Value::Array(bridges));
 
     let top: TopLevel = fields::parse(root).map_err(key_error)?;
     let config = build(top)?;
@@ -126,6 +141,89 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         files,
         watch_dirs,
     })
+}
+
+/// Interpolates `${VAR}` and resolves `*_file` keys of one file's tables, with paths
+/// relative to that file's directory.
+fn prepare(value: &mut Value, base: &Path) -> Result<(), ConfigError> {
+    interpolate(value, &mut String::new(), &|name| std::env::var(name).ok())?;
+    resolve_files(value, base, &mut String::new())
+}
+
+/// `prepare` for one `[[bridge]]` table; errors name the bridge.
+fn prepare_bridge(mut raw: Value, base: &Path, index: usize) -> Result<Value, ConfigError> {
+    prepare(&mut raw, base).map_err(|error| match error {
+        ConfigError::Key { key, message } => ConfigError::Bridge {
+            bridge: bridge_label(&raw, index),
+            message: format!("key `{key}`: {message}"),
+        },
+        other => other,
+    })?;
+    Ok(raw)
+}
+
+/// A bridge's name for error messages, or its position when it has none.
+fn bridge_label(raw: &Value, index: usize) -> String {
+    raw.get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("#{} (no name)", index + 1))
+}
+
+/// Applies `BROKER_BRIDGE__SECTION__KEY=value` overrides (nested tables with more `__`).
+/// Values are text; a key whose default is a number or a boolean gets one parsed from
+/// the text, so `BROKER_BRIDGE__DEFAULTS__TENANT=4711` stays the text it is.
+pub fn apply_env_overrides(
+    root: &mut Value,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = serde_json::json!({
+        "exchange": super::ExchangeConfig::default(),
+        "admin": super::AdminConfig::default(),
+        "defaults": super::Defaults::default(),
+    });
+    let prefix = format!("{ENV_PREFIX}__");
+    for (name, text) in vars {
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let key = path.join(".");
+        let error = |message: String| ConfigError::Key {
+            key: key.clone(),
+            message: format!("from the environment variable {name}: {message}"),
+        };
+        if path.iter().any(String::is_empty) || defaults.get(&path[0]).is_none() {
+            return Err(error(
+                "overrides name a key of [exchange], [admin] or [defaults], e.g. BROKER_BRIDGE__EXCHANGE__URL".into(),
+            ));
+        }
+        let pointer = format!("/{}", path.join("/"));
+        let value = match defaults.pointer(&pointer) {
+            Some(Value::Number(_)) => serde_json::from_str::<serde_json::Number>(text.trim())
+                .map(Value::Number)
+                .map_err(|_| error(format!("`{text}` is not a number")))?,
+            Some(Value::Bool(_)) => match text.trim() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(error(format!("`{text}` is not true or false"))),
+            },
+            _ => Value::String(text),
+        };
+        let (last, parents) = path.split_last().expect("at least the section");
+        let mut table = root
+            .as_object_mut()
+            .ok_or_else(|| error("the config must be a TOML table".into()))?;
+        for part in parents {
+            table = table
+                .entry(part.clone())
+                .or_insert_with(|| Value::Object(Default::default()))
+                .as_object_mut()
+                .ok_or_else(|| error(format!("`{part}` is not a table in the file")))?;
+        }
+        table.insert(last.clone(), value);
+    }
+    Ok(())
 }
 
 /// Splits a `key `x`: message` from `fields::parse` into a `Key` error.
@@ -163,7 +261,7 @@ fn glob_root(pattern: &Path) -> Option<PathBuf> {
 }
 
 fn read_include(path: &Path) -> Result<Vec<Value>, ConfigError> {
-    let value = read_toml(path, false)?;
+    let value = read_toml(path)?;
     let file_error = |message: String| ConfigError::File {
         path: path.to_owned(),
         message,
@@ -268,12 +366,10 @@ fn interpolate_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
-/// Replaces every `<secret>_file = "path"` with `<secret> = <file contents>`.
-fn resolve_secret_files(
-    value: &mut Value,
-    base: &Path,
-    path: &mut String,
-) -> Result<(), ConfigError> {
+/// Replaces every `<secret>_file = "path"` with `<secret> = <file contents>`, and makes
+/// every other `*_file` path (creds, TLS) absolute: relative paths are relative to the
+/// file that holds them, not to wherever the daemon was started.
+fn resolve_files(value: &mut Value, base: &Path, path: &mut String) -> Result<(), ConfigError> {
     match value {
         Value::Object(table) => {
             for secret in SECRET_KEYS {
@@ -304,12 +400,18 @@ fn resolve_secret_files(
                 table.insert(secret.to_owned(), Value::String(trimmed));
             }
             for (key, item) in table.iter_mut() {
+                if key.ends_with("_file")
+                    && let Value::String(file) = item
+                {
+                    *file = base.join(&*file).to_string_lossy().into_owned();
+                    continue;
+                }
                 let len = path.len();
                 if !path.is_empty() {
                     path.push('.');
                 }
                 path.push_str(key);
-                resolve_secret_files(item, base, path)?;
+                resolve_files(item, base, path)?;
                 path.truncate(len);
             }
         }
@@ -317,7 +419,7 @@ fn resolve_secret_files(
             for (index, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{index}]"));
-                resolve_secret_files(item, base, path)?;
+                resolve_files(item, base, path)?;
                 path.truncate(len);
             }
         }
@@ -375,17 +477,13 @@ fn build_bridge(
     index: usize,
     defaults: &super::Defaults,
 ) -> Result<BridgeSpec, ConfigError> {
+    let label = bridge_label(&raw, index);
     let Value::Object(mut table) = raw else {
         return Err(ConfigError::Key {
             key: format!("bridge[{index}]"),
             message: "must be a table".into(),
         });
     };
-    let label = table
-        .get("name")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("#{} (no name)", index + 1));
     let error = |message: String| ConfigError::Bridge {
         bridge: label.clone(),
         message,
@@ -493,6 +591,76 @@ mod tests {
         assert!(
             matches!(err, ConfigError::Key { ref key, .. } if key == "exchange.url"),
             "{err}"
+        );
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_take_their_type_from_the_schema() {
+        let mut root = serde_json::json!({"exchange": {"name": "file"}});
+        apply_env_overrides(
+            &mut root,
+            vars(&[
+                ("BROKER_BRIDGE__EXCHANGE__NAME", "123"),
+                ("BROKER_BRIDGE__DEFAULTS__TENANT", "4711"),
+                ("BROKER_BRIDGE__DEFAULTS__MAX_IN_FLIGHT", "10"),
+                ("BROKER_BRIDGE__EXCHANGE__DURABLE", "false"),
+                ("BROKER_BRIDGE__EXCHANGE__BACKOFF__MAX", "5s"),
+                ("OTHER__EXCHANGE__NAME", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            root,
+            serde_json::json!({
+                "exchange": {"name": "123", "durable": false, "backoff": {"max": "5s"}},
+                "defaults": {"tenant": "4711", "max_in_flight": 10},
+            })
+        );
+    }
+
+    #[test]
+    fn bad_env_overrides_name_the_key_and_the_variable() {
+        for (name, value, key) in [
+            (
+                "BROKER_BRIDGE__DEFAULTS__MAX_IN_FLIGHT",
+                "many",
+                "defaults.max_in_flight",
+            ),
+            (
+                "BROKER_BRIDGE__EXCHANGE__DURABLE",
+                "yes",
+                "exchange.durable",
+            ),
+            ("BROKER_BRIDGE__BRIDGE__NAME", "x", "bridge.name"),
+            ("BROKER_BRIDGE__EXCHANGE____URL", "x", "exchange..url"),
+        ] {
+            let mut root = serde_json::json!({});
+            let err = apply_env_overrides(&mut root, vars(&[(name, value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(key) && text.contains(name), "{text}");
+        }
+    }
+
+    #[test]
+    fn file_paths_are_relative_to_the_file_that_names_them() {
+        let mut value = serde_json::json!({
+            "creds_file": "bridge.creds",
+            "tls": {"ca_file": "certs/ca.pem", "key_file": "/abs/key.pem"},
+        });
+        resolve_files(&mut value, Path::new("/etc/bb/bridges"), &mut String::new()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "creds_file": "/etc/bb/bridges/bridge.creds",
+                "tls": {"ca_file": "/etc/bb/bridges/certs/ca.pem", "key_file": "/abs/key.pem"},
+            })
         );
     }
 

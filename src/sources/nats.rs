@@ -98,7 +98,10 @@ pub struct JetStreamSpec {
 
 fn parse_parts<K: for<'de> Deserialize<'de>>(
     mut table: Map<String, Value>,
+    kind: &str,
 ) -> Result<(NatsConnection, K), String> {
+    let accepted = [fields::names::<NatsConnection>(), fields::names::<K>()].concat();
+    fields::reject_unknown(&table, &accepted, &format!("kind `{kind}`"))?;
     let connection: NatsConnection =
         fields::parse(Value::Object(fields::take::<NatsConnection>(&mut table)))?;
     connection.validate()?;
@@ -136,7 +139,7 @@ impl NatsConnection {
 
 impl NatsSpec {
     pub fn parse(table: Map<String, Value>) -> Result<Self, String> {
-        let (connection, keys) = parse_parts(table)?;
+        let (connection, keys) = parse_parts(table, "nats")?;
         Ok(NatsSpec { connection, keys })
     }
 
@@ -156,7 +159,7 @@ impl NatsSpec {
 
 impl JetStreamSpec {
     pub fn parse(table: Map<String, Value>) -> Result<Self, String> {
-        let (connection, keys) = parse_parts::<JetStreamKeys>(table)?;
+        let (connection, keys) = parse_parts::<JetStreamKeys>(table, "jetstream")?;
         if keys.stream.is_empty() {
             return Err("key `stream`: must not be empty".into());
         }
@@ -449,7 +452,10 @@ mod tests {
     fn half_given_credentials_are_refused() {
         for (table, key) in [
             (serde_json::json!({"subject": "a", "user": "u"}), "user"),
-            (serde_json::json!({"subject": "a", "password": "p"}), "password"),
+            (
+                serde_json::json!({"subject": "a", "password": "p"}),
+                "password",
+            ),
             (
                 serde_json::json!({"subject": "a", "user": "u", "password": "p", "token": "t"}),
                 "creds_file",
@@ -475,6 +481,7 @@ mod tests {
         assert_eq!(spec.keys.queue_group.as_deref(), Some("g"));
         let table = serde_json::json!({"subject": "a", "stream": "S"});
         let err = NatsSpec::parse(table.as_object().unwrap().clone()).unwrap_err();
-        assert!(err.contains("stream"), "{err}");
+        assert!(err.starts_with("key `stream`: unknown key"), "{err}");
+        assert!(err.contains("url") && err.contains("queue_group"), "{err}");
     }
 }
