@@ -279,23 +279,32 @@ impl Supervisor {
 }
 
 /// Watches the config's directories (not the files: editors replace files by renaming)
-/// and reports changes to `.toml` files and to the main config file.
+/// and reports changes to `.toml` files and to the main config file. A wanted directory
+/// that does not exist yet (an include folder made later) is covered by watching its
+/// nearest existing ancestor; its creation triggers a reload, after which it is watched.
 struct ConfigWatcher {
     watcher: notify::RecommendedWatcher,
+    /// The directories the config names, shared with the event callback.
+    wanted: Arc<Mutex<Vec<PathBuf>>>,
+    /// What is actually watched: each wanted directory or its nearest existing ancestor.
     watching: Vec<PathBuf>,
 }
 
 impl ConfigWatcher {
     fn new(path: &Path, events: mpsc::UnboundedSender<()>) -> notify::Result<Self> {
         let main_file = path.file_name().map(|n| n.to_owned());
+        let wanted: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+        let wanted_by_callback = wanted.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if event.kind.is_access() {
                 return;
             }
+            let wanted = wanted_by_callback.lock().expect("watch lock");
             let relevant = event.paths.iter().any(|p| {
                 p.extension().is_some_and(|e| e == "toml")
                     || p.file_name().map(|n| n.to_owned()) == main_file
+                    || wanted.iter().any(|dir| dir.starts_with(p))
             });
             if relevant {
                 let _ = events.send(());
@@ -303,23 +312,38 @@ impl ConfigWatcher {
         })?;
         Ok(ConfigWatcher {
             watcher,
+            wanted,
             watching: Vec::new(),
         })
     }
 
     fn watch(&mut self, dirs: &[PathBuf]) {
+        *self.wanted.lock().expect("watch lock") = dirs.to_vec();
+        let mut targets: Vec<PathBuf> = dirs
+            .iter()
+            .filter_map(|dir| dir.ancestors().find(|a| a.is_dir()).map(Path::to_owned))
+            .collect();
+        targets.sort();
+        targets.dedup();
         for dir in &self.watching {
-            if !dirs.contains(dir) {
+            if !targets.contains(dir) {
                 let _ = self.watcher.unwatch(dir);
             }
         }
-        for dir in dirs {
-            if !self.watching.contains(dir)
-                && let Err(error) = self.watcher.watch(dir, RecursiveMode::NonRecursive)
-            {
-                tracing::warn!(dir = %dir.display(), %error, "cannot watch config directory");
+        let mut watching = Vec::with_capacity(targets.len());
+        for dir in targets {
+            if self.watching.contains(&dir) {
+                watching.push(dir);
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => watching.push(dir),
+                // Not recorded, so the next reload tries again.
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot watch config directory")
+                }
             }
         }
-        self.watching = dirs.to_vec();
+        self.watching = watching;
     }
 }
