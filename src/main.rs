@@ -94,9 +94,13 @@ enum Command {
     },
 }
 
+/// `RUST_LOG` replaces it. lapin logs every returned (unroutable) message with its whole
+/// payload at WARN; we count those in `bridge_events_unroutable_total` instead.
+const DEFAULT_LOG_FILTER: &str = "info,lapin=warn,lapin::returned_messages=error,async_nats=warn";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn,async_nats=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -199,34 +203,54 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
+    use std::fmt::Write;
     let loaded = config::load(&path)?;
     let config = loaded.config;
-    println!(
+    let mut out = String::new();
+    writeln!(
+        out,
         "exchange `{}` ({}, {:?} mode) at {}",
         config.exchange.name,
         config.exchange.kind,
         config.exchange.content_mode,
         redact(&config.exchange.url)
-    );
+    )?;
     for file in &loaded.files {
-        println!("file {}", file.display());
+        writeln!(out, "file {}", file.display())?;
     }
     if config.bridges.is_empty() {
-        println!("no bridges");
+        writeln!(out, "no bridges")?;
     }
     for bridge in &config.bridges {
-        println!(
+        writeln!(
+            out,
             "bridge `{}`: kind {}, tenant `{}`, routing key {} (dead letters: {})",
             bridge.name,
             bridge.kind(),
             bridge.tenant,
             routing::event_pattern(&bridge.tenant, &bridge.source_name),
             routing::deadletter_key(&bridge.tenant, &bridge.source_name),
-        );
-        println!("    {}", bridge.source.describe());
+        )?;
+        writeln!(out, "    {}", bridge.source.describe())?;
     }
-    println!("ok: {} bridge(s)", config.bridges.len());
+    writeln!(out, "ok: {} bridge(s)", config.bridges.len())?;
+    print_stdout(&out)?;
     Ok(())
+}
+
+/// Writes to standard output. `Ok(false)` when the reader has gone (`| head`), which is
+/// a normal end for a command line tool, not a crash.
+fn print_stdout(text: &str) -> std::io::Result<bool> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// Hides the password of a URL for printing.
@@ -301,7 +325,7 @@ async fn emit(
             )
         })??;
     publisher.shutdown();
-    println!("{routing_key} {}", event.id);
+    print_stdout(&format!("{routing_key} {}\n", event.id))?;
     if outcome == Delivered::Unroutable {
         eprintln!("warning: confirmed, but no queue is bound for {routing_key}");
     }
@@ -361,7 +385,10 @@ async fn tail(exchange: ExchangeConfig, pattern: String, count: Option<u64>) -> 
             }
         }
         line.push_str(&String::from_utf8_lossy(&delivery.data));
-        println!("{line}");
+        line.push('\n');
+        if !print_stdout(&line)? {
+            break;
+        }
         seen += 1;
         if count.is_some_and(|c| seen >= c) {
             break;
