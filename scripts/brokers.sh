@@ -12,6 +12,8 @@
 # once per run, and only when something must be installed). Brokers started
 # here run in their own session and outlive this script.
 #
+# Usage: scripts/brokers.sh [NAME...]   (default: all of rabbitmq nats mosquitto moto tansu)
+#
 # Prints one line per broker on stdout: "<name> <address> reused|started".
 # Progress and errors go to stderr.
 #
@@ -351,9 +353,21 @@ has_program() {
     command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
 }
 
+# Only the brokers named on the command line, when any are.
+selected=()
+for entry in "${BROKERS[@]}"; do
+    read -r name _ <<<"$entry"
+    if (($# == 0)) || [[ " $* " == *" $name "* ]]; then
+        selected+=("$entry")
+    fi
+done
+for wanted in "$@"; do
+    [[ " ${BROKERS[*]} " == *" $wanted "* ]] || die "unknown broker '$wanted' (known: rabbitmq nats mosquitto moto tansu)"
+done
+
 pending=()
 packages=()
-for entry in "${BROKERS[@]}"; do
+for entry in "${selected[@]}"; do
     read -r name port package program <<<"$entry"
     if port_open "$port"; then
         status_line "$name" "127.0.0.1:$port" reused

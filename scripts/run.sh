@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Quickstart: ensure the local brokers (scripts/brokers.sh), then run
-# broker-bridge with config.example.toml. Extra arguments go to `run`.
+# Quickstart: ensure the brokers config.example.toml uses (RabbitMQ and NATS, through
+# scripts/brokers.sh), then run broker-bridge with it. Extra arguments go to `run`.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
-scripts/brokers.sh
+scripts/brokers.sh rabbitmq nats
 exec cargo run --release -- run -c config.example.toml "$@"

@@ -103,14 +103,26 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the config with these bridges and starts the daemon on it.
     pub async fn start(exchange_url: &str, exchange: &str, bridges: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Daemon::start_with_text(
+            tempfile::tempdir().unwrap(),
+            exchange_url,
+            exchange,
+            |port| config_text(exchange_url, exchange, port, bridges),
+        )
+        .await
+    }
+
+    /// Starts the daemon in `dir` (which may already hold included files) on the whole
+    /// config text that `text` makes for the admin port.
+    pub async fn start_with_text(
+        dir: tempfile::TempDir,
+        exchange_url: &str,
+        exchange: &str,
+        text: impl FnOnce(u16) -> String,
+    ) -> Daemon {
         let admin_port = free_port();
         let config_path = dir.path().join("broker-bridge.toml");
-        std::fs::write(
-            &config_path,
-            config_text(exchange_url, exchange, admin_port, bridges),
-        )
-        .unwrap();
+        std::fs::write(&config_path, text(admin_port)).unwrap();
         let mut daemon = Daemon {
             child: spawn(&config_path, dir.path()),
             dir,
