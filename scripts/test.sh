@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 scripts/brokers.sh
-exec cargo test --locked "$@"
+# Unit and integration tests. No doc tests: there are none, and their empty summary
+# would be the run's last line.
+exec cargo test --locked --lib --bins --tests "$@"
