@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 
 use crate::bridge::{State as BridgeState, current_publisher};
 use crate::normalize::RejectReason;
-use crate::routing;
 use crate::supervisor::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -104,7 +103,7 @@ async fn bridges(State(shared): State<Arc<Shared>>) -> Json<Value> {
                 "name": spec.name,
                 "kind": spec.kind(),
                 "tenant": spec.tenant,
-                "routing_pattern": routing::event_pattern(&spec.tenant, &spec.source_name),
+                "routing_pattern": spec.routing_pattern(),
                 "status": view.status.snapshot(),
                 "counters": {
                     "received": m.received.load(Relaxed),

@@ -248,7 +248,7 @@ impl Message {
         match &self.normalized {
             Ok(event) => publisher.event_message(&event.event, event.routing_key.clone()),
             Err(reject) => publisher.deadletter_message(DeadLetter {
-                routing_key: shared.mapping.deadletter_key(),
+                routing_key: shared.mapping.deadletter_key(&self.meta),
                 payload: self.payload.clone(),
                 content_type: self.meta.content_type.as_deref(),
                 bridge: &shared.name,

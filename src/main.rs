@@ -228,8 +228,8 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             bridge.name,
             bridge.kind(),
             bridge.tenant,
-            routing::event_pattern(&bridge.tenant, &bridge.source_name),
-            routing::deadletter_key(&bridge.tenant, &bridge.source_name),
+            bridge.routing_pattern(),
+            bridge.deadletter_pattern(),
         )?;
         writeln!(out, "    {}", bridge.source.describe())?;
     }

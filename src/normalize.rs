@@ -86,7 +86,8 @@ pub struct Normalized {
 /// A bridge's mapping rules, prepared once from its spec.
 #[derive(Debug, Clone)]
 pub struct Mapping {
-    pub tenant: String,
+    /// Fixed, or from the subject or a header; never from the payload.
+    tenant: Template,
     pub source_name: String,
     source_uri: Option<String>,
     event_type: Template,
@@ -112,7 +113,7 @@ impl Mapping {
             }
         });
         Mapping {
-            tenant: spec.tenant.clone(),
+            tenant: Template::parse(&spec.tenant).unwrap_or_else(|_| Template::fixed(&spec.tenant)),
             source_name: spec.source_name.clone(),
             source_uri: spec.source_uri.clone(),
             event_type,
@@ -123,9 +124,22 @@ impl Mapping {
         }
     }
 
-    /// The dead-letter routing key of this bridge.
-    pub fn deadletter_key(&self) -> String {
-        routing::deadletter_key(&self.tenant, &self.source_name)
+    /// The tenant of a message: from configuration, the subject or a header.
+    fn tenant(&self, meta: &Metadata) -> Result<String, Reject> {
+        self.tenant
+            .resolve(&TemplateInput {
+                subject: meta.subject.as_deref(),
+                headers: &meta.headers,
+                json: None,
+            })
+            .map_err(|e| reject(RejectReason::UnresolvedTemplate, format!("tenant: {e}")))
+    }
+
+    /// Where a message's dead letter goes. A tenant that does not resolve (the reason
+    /// it is dead-lettered, perhaps) becomes the word `_`.
+    pub fn deadletter_key(&self, meta: &Metadata) -> String {
+        let tenant = self.tenant(meta).unwrap_or_default();
+        routing::deadletter_key(&tenant, &self.source_name)
     }
 }
 
@@ -145,6 +159,7 @@ pub fn normalize(
             ),
         ));
     }
+    let tenant = mapping.tenant(meta)?;
     let content_type = meta
         .content_type
         .as_deref()
@@ -158,11 +173,10 @@ pub fn normalize(
     };
     if let Some(inbound) = inbound {
         let mut event = inbound.map_err(|e| reject(RejectReason::InvalidCloudEvent, e.0))?;
-        event.extensions.insert(
-            "tenant".into(),
-            ExtensionValue::String(mapping.tenant.clone()),
-        );
-        let routing_key = routing::event_key(&mapping.tenant, &mapping.source_name, &event.ty);
+        let routing_key = routing::event_key(&tenant, &mapping.source_name, &event.ty);
+        event
+            .extensions
+            .insert("tenant".into(), ExtensionValue::String(tenant));
         return Ok(Normalized { event, routing_key });
     }
 
@@ -195,10 +209,8 @@ pub fn normalize(
     for (name, value) in &meta.extensions {
         extensions.insert(name.clone(), ExtensionValue::String(value.clone()));
     }
-    extensions.insert(
-        "tenant".into(),
-        ExtensionValue::String(mapping.tenant.clone()),
-    );
+    let routing_key = routing::event_key(&tenant, &mapping.source_name, &ty);
+    extensions.insert("tenant".into(), ExtensionValue::String(tenant));
     let event = CloudEvent {
         id: meta
             .id
@@ -220,7 +232,6 @@ pub fn normalize(
     event
         .validate()
         .map_err(|e| reject(RejectReason::InvalidCloudEvent, e.0))?;
-    let routing_key = routing::event_key(&mapping.tenant, &mapping.source_name, &event.ty);
     Ok(Normalized { event, routing_key })
 }
 
@@ -290,7 +301,7 @@ mod tests {
 
     fn mapping() -> Mapping {
         Mapping {
-            tenant: "acme".into(),
+            tenant: Template::fixed("acme"),
             source_name: "orders".into(),
             source_uri: None,
             event_type: Template::parse("{subject}").unwrap(),
@@ -558,7 +569,7 @@ mod tests {
         let key = ok(&mapping, &meta(), b"{}").routing_key;
         assert_eq!(key.len(), routing::MAX_ROUTING_KEY_BYTES);
         assert!(key.starts_with("event.acme.orders.ttt"));
-        assert_eq!(mapping.deadletter_key(), "deadletter.acme.orders");
+        assert_eq!(mapping.deadletter_key(&meta()), "deadletter.acme.orders");
     }
 
     #[test]
@@ -632,6 +643,29 @@ mod tests {
         let reject = normalize(&mapping(), &binary, &Bytes::from_static(b"x")).unwrap_err();
         assert_eq!(reject.reason, RejectReason::InvalidCloudEvent);
         assert!(reject.detail.contains("source"), "{}", reject.detail);
+    }
+
+    #[test]
+    fn tenant_from_a_subject_token_or_a_header() {
+        let mut mapping = mapping();
+        mapping.tenant = Template::parse("{subject[1]}").unwrap();
+        let mut meta = meta();
+        meta.subject = Some("tenants/globex/sensors/t1".into());
+        let out = ok(&mapping, &meta, b"{}");
+        assert_eq!(out.event.extensions["tenant"].as_text(), "globex");
+        assert!(out.routing_key.starts_with("event.globex.orders."));
+        assert_eq!(mapping.deadletter_key(&meta), "deadletter.globex.orders");
+
+        mapping.tenant = Template::parse("{header:X-Tenant}").unwrap();
+        let reject = normalize(&mapping, &meta, &Bytes::from_static(b"{}")).unwrap_err();
+        assert_eq!(reject.reason, RejectReason::UnresolvedTemplate);
+        assert!(reject.detail.starts_with("tenant:"), "{}", reject.detail);
+        assert_eq!(mapping.deadletter_key(&meta), "deadletter._.orders");
+        meta.headers = headers(&[("x-tenant", "initech")]);
+        assert_eq!(
+            ok(&mapping, &meta, b"{}").event.extensions["tenant"].as_text(),
+            "initech"
+        );
     }
 
     #[test]

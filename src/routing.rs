@@ -42,8 +42,20 @@ pub fn deadletter_key(tenant: &str, source_name: &str) -> String {
 }
 
 /// The binding pattern that matches everything a bridge publishes, for `check` output.
-pub fn event_pattern(tenant: &str, source_name: &str) -> String {
-    format!("{}.*", join_capped(&["event", tenant, source_name]))
+/// `None`: the tenant varies per message (a tenant template).
+pub fn event_pattern(tenant: Option<&str>, source_name: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{}.*", join_capped(&["event", tenant, source_name])),
+        None => format!("event.*.{}.*", word(source_name)),
+    }
+}
+
+/// The dead-letter key of a bridge, or its pattern when the tenant varies per message.
+pub fn deadletter_pattern(tenant: Option<&str>, source_name: &str) -> String {
+    match tenant {
+        Some(tenant) => deadletter_key(tenant, source_name),
+        None => format!("deadletter.*.{}", word(source_name)),
+    }
 }
 
 #[cfg(test)]
@@ -59,7 +71,12 @@ mod tests {
         assert_eq!(event_key("a b", "x*y", "#.é"), "event.a_b.x_y.___");
         assert_eq!(event_key("t", "s", ""), "event.t.s._");
         assert_eq!(deadletter_key("acme", "orders"), "deadletter.acme.orders");
-        assert_eq!(event_pattern("acme", "or.ders"), "event.acme.or_ders.*");
+        assert_eq!(
+            event_pattern(Some("acme"), "or.ders"),
+            "event.acme.or_ders.*"
+        );
+        assert_eq!(event_pattern(None, "or.ders"), "event.*.or_ders.*");
+        assert_eq!(deadletter_pattern(None, "s"), "deadletter.*.s");
     }
 
     #[test]

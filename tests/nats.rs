@@ -70,6 +70,18 @@ async fn counts_unroutable_events() {
     conformance::counts_unroutable(&CoreNats::new()).await;
 }
 
+/// Core NATS has no acks, but while the exchange is down the daemon stops taking
+/// messages and the client buffers them; a short outage loses nothing.
+#[tokio::test]
+async fn exchange_outage_stops_pulling_and_recovers() {
+    conformance::at_least_once_through_exchange_outage(&CoreNats::new()).await;
+}
+
+#[tokio::test]
+async fn reload_under_traffic_leaves_untouched_bridges_alone() {
+    conformance::reload_under_traffic(&CoreNats::new()).await;
+}
+
 /// `Nats-Msg-Id` becomes the event id; binary-mode CloudEvent headers pass through.
 #[tokio::test]
 async fn message_ids_and_inbound_cloudevents() {

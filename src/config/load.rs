@@ -508,6 +508,14 @@ fn build_bridge(
     if tenant.is_empty() {
         return Err(key_error("tenant", "must not be empty".into()));
     }
+    let tenant_template =
+        Template::parse(&tenant).map_err(|e| key_error("tenant", e.to_string()))?;
+    if tenant_template.needs_json() {
+        return Err(key_error(
+            "tenant",
+            "comes from configuration, a subject token or a header, never from the payload".into(),
+        ));
+    }
     if let Some(text) = &common.event_type {
         Template::parse(text).map_err(|e| key_error("type", e.to_string()))?;
     }

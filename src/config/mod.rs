@@ -166,6 +166,7 @@ pub(crate) struct CommonKeys {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BridgeSpec {
     pub name: String,
+    /// Fixed text, or a template of the subject or a header (`{subject[1]}`).
     pub tenant: String,
     /// The `<source>` word of the routing key.
     pub source_name: String,
@@ -187,6 +188,22 @@ pub struct BridgeSpec {
 impl BridgeSpec {
     pub fn kind(&self) -> &'static str {
         self.source.kind()
+    }
+
+    /// The tenant when it is the same for every message; `None` for a tenant template
+    /// such as `{subject[1]}`.
+    pub fn fixed_tenant(&self) -> Option<&str> {
+        (!self.tenant.contains('{')).then_some(self.tenant.as_str())
+    }
+
+    /// The binding pattern matching every event of this bridge.
+    pub fn routing_pattern(&self) -> String {
+        crate::routing::event_pattern(self.fixed_tenant(), &self.source_name)
+    }
+
+    /// The dead-letter routing key (a pattern when the tenant varies per message).
+    pub fn deadletter_pattern(&self) -> String {
+        crate::routing::deadletter_pattern(self.fixed_tenant(), &self.source_name)
     }
 }
 

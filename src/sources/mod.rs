@@ -1,6 +1,7 @@
 //! Source kinds behind one `Source` trait. A kind's module owns its config struct, its
 //! connection and its acknowledgement; it knows nothing of other kinds or of the exchange.
 
+pub mod in_order;
 #[cfg(feature = "nats")]
 pub mod nats;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use base64::Engine;
 use cloudevents::AttributesReader;
 
-use super::{Daemon, Rabbit, Received, sample_payloads, unique};
+use super::proxy::Proxy;
+use super::{Daemon, Rabbit, Received, eventually, http_get, sample_payloads, unique};
 
 /// A source kind as the conformance checks drive it.
 pub trait SourceUnderTest {
@@ -22,6 +23,11 @@ pub trait SourceUnderTest {
     fn subject(&self) -> String;
     /// Sends one message with an independent client.
     async fn send(&self, payload: &[u8], headers: &[(&str, &str)]);
+    /// Messages the source still holds unacknowledged for `bridge`, where the source can
+    /// tell (JetStream consumer info, an AMQP queue's depth).
+    async fn pending_at_source(&self, _bridge: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// A `[[bridge]]` table: common keys, the kind's keys, and `extra` lines.
@@ -322,5 +328,201 @@ pub async fn counts_unroutable<S: SourceUnderTest>(source: &S) {
             .metrics()
             .bridge("bridge_events_published_total", &bridge, kind),
         Some(1.0)
+    );
+}
+
+/// The `n` of each `{"n":N}` event, checking that duplicates (redeliveries) carry the
+/// id of their first copy.
+fn numbers_with_stable_ids(received: &[Received]) -> HashSet<u64> {
+    let mut ids = std::collections::HashMap::new();
+    for event in received {
+        let json = event.json();
+        let n = json["data"]["n"].as_u64().expect("a {\"n\":N} event");
+        let id = json["id"].as_str().unwrap().to_owned();
+        let first = ids.entry(n).or_insert_with(|| id.clone());
+        assert_eq!(*first, id, "a redelivery of message {n} got another id");
+    }
+    ids.into_keys().collect()
+}
+
+/// With the exchange unreachable (a proxy of the test's own is cut) nothing is acked and
+/// pulling stops within max_in_flight; once it is back, every message arrives.
+pub async fn at_least_once_through_exchange_outage<S: SourceUnderTest>(source: &S) {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let table = bridge_table(source, &bridge, "max_in_flight = 10");
+    let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table).await;
+    daemon.wait_ready().await;
+    let kind = source.kind();
+
+    proxy.cut();
+    eventually(Duration::from_secs(10), "exchange seen down", || {
+        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+    })
+    .await;
+    let sent = 30u64;
+    for n in 0..sent {
+        source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = daemon.metrics();
+    assert_eq!(
+        metrics.bridge("bridge_events_published_total", &bridge, kind),
+        Some(0.0)
+    );
+    let pulled = metrics
+        .bridge("bridge_messages_received_total", &bridge, kind)
+        .unwrap();
+    assert!(
+        (1.0..=10.0).contains(&pulled),
+        "stops pulling by max_in_flight (backpressure): pulled {pulled}"
+    );
+    if let Some(pending) = source.pending_at_source(&bridge).await {
+        assert_eq!(pending, sent, "nothing acked while the exchange is down");
+    }
+    let (code, body) = http_get(daemon.admin_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "not ready while the exchange is down");
+    assert!(body.contains("exchange"), "{body}");
+
+    proxy.restore();
+    let received = rabbit
+        .take_exactly(&queue, sent as usize, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        numbers_with_stable_ids(&received),
+        (0..sent).collect(),
+        "every message arrives; log: {}",
+        daemon.log()
+    );
+    super::eventually_async(
+        Duration::from_secs(10),
+        "all acked at the source",
+        || async {
+            source
+                .pending_at_source(&bridge)
+                .await
+                .is_none_or(|p| p == 0)
+        },
+    )
+    .await;
+    assert!(
+        daemon
+            .metrics()
+            .bridge("bridge_events_published_total", &bridge, kind)
+            .unwrap()
+            >= sent as f64
+    );
+}
+
+/// While one bridge takes a steady stream, another (core NATS) is added, changed and
+/// removed by file edits and SIGHUP, and an invalid edit is refused: the busy bridge is
+/// never restarted and delivers every message.
+pub async fn reload_under_traffic<S: SourceUnderTest>(source: &S) {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let steady = unique("steady");
+    let other = unique("other");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{steady}.#"))
+        .await;
+    let steady_table = bridge_table(source, &steady, "");
+    let other_subject = format!("{}.other", unique("t").replace('-', "_"));
+    let other_table = |tenant: &str| {
+        format!(
+            "[[bridge]]\nname = \"{other}\"\nkind = \"nats\"\ntenant = \"{tenant}\"\nurl = \"{}\"\nsubject = \"{other_subject}\"\n",
+            super::NATS_URL
+        )
+    };
+    let daemon = Daemon::start(super::AMQP_URL, &exchange, &steady_table).await;
+    daemon.wait_running(&steady).await;
+    let before = daemon.bridge_status(&steady).unwrap();
+    let reloads = |result: &str| {
+        daemon
+            .metrics()
+            .get("bridge_config_reloads_total", &[("result", result)])
+            .unwrap()
+    };
+
+    // The steady stream: 150 messages over about 6 seconds, while the config changes.
+    let total = 150u64;
+    let steady_stream = async {
+        for n in 0..total {
+            source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    };
+    let reconfigure = async {
+        // Add by editing the file.
+        daemon.write_bridges(&format!("{steady_table}\n{}", other_table("acme")));
+        daemon.wait_running(&other).await;
+        // Change by editing the file and sending SIGHUP.
+        daemon.write_bridges(&format!("{steady_table}\n{}", other_table("globex")));
+        daemon.signal(libc::SIGHUP);
+        eventually(Duration::from_secs(10), "changed bridge restarted", || {
+            daemon
+                .bridge_status(&other)
+                .is_some_and(|b| b["tenant"] == "globex" && b["status"]["state"] == "running")
+        })
+        .await;
+        // SIGHUP alone reloads too (nothing changed: nothing restarts).
+        let successes = reloads("success");
+        daemon.signal(libc::SIGHUP);
+        eventually(Duration::from_secs(10), "SIGHUP reload", || {
+            reloads("success") > successes
+        })
+        .await;
+        // An invalid edit keeps everything running and is reported.
+        daemon.write_raw(&format!("{steady_table}\nthis is = = not toml"));
+        eventually(Duration::from_secs(10), "failed reload reported", || {
+            reloads("failure") >= 1.0 && !daemon.bridges()["config"]["last_error"].is_null()
+        })
+        .await;
+        assert_eq!(
+            daemon.bridge_status(&other).unwrap()["status"]["state"],
+            "running"
+        );
+        // Remove by editing the file (which also clears the error).
+        daemon.write_bridges(&steady_table);
+        eventually(Duration::from_secs(10), "removed bridge gone", || {
+            daemon.bridge_status(&other).is_none()
+        })
+        .await;
+        assert!(daemon.bridges()["config"]["last_error"].is_null());
+        assert!(
+            !daemon.metrics_text().contains(&other),
+            "removed bridge's series are gone"
+        );
+    };
+    tokio::join!(steady_stream, reconfigure);
+
+    let received = rabbit
+        .take_exactly(&queue, total as usize, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        numbers_with_stable_ids(&received),
+        (0..total).collect(),
+        "the untouched bridge delivered every message"
+    );
+    assert_eq!(received.len() as u64, total, "and nothing twice");
+    let after = daemon.bridge_status(&steady).unwrap();
+    assert_eq!(after["counters"]["restarts"], 0);
+    assert_eq!(
+        after["status"]["connects"], 1,
+        "same source connection throughout"
+    );
+    assert_eq!(
+        after["status"]["started_at"],
+        before["status"]["started_at"]
+    );
+    assert_eq!(
+        daemon
+            .metrics()
+            .bridge("bridge_restarts_total", &steady, source.kind()),
+        Some(0.0)
     );
 }
