@@ -184,6 +184,13 @@ async fn pump(
             permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             _ = stop.cancelled() => return Ok(()),
         };
+        // Nothing is pulled while the exchange is down. (A replaced publisher reports
+        // shut down at once; the send below then fails and is retried on the new one.)
+        let publisher = current_publisher(&shared.publisher);
+        tokio::select! {
+            _ = publisher.connected() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
         let incoming = tokio::select! {
             incoming = source.next() => incoming?,
             _ = stop.cancelled() => return Ok(()),
@@ -196,13 +203,11 @@ async fn pump(
         }
         let message = Message::new(incoming, shared);
         // The first send happens here, in arrival order, so events keep their order on
-        // the exchange; confirms, retries and acks run concurrently.
-        let publisher = current_publisher(&shared.publisher);
+        // the exchange; confirms, retries and acks run concurrently. Not raced with
+        // `stop`: the send is short and bounded, and a pulled message is always seen
+        // through (confirmed and acked, or left to the drain).
         let outbound = message.outbound(&publisher, shared);
-        let first = tokio::select! {
-            sent = publisher.send(&outbound) => sent,
-            _ = stop.cancelled() => return Ok(()),
-        };
+        let first = publisher.send(&outbound).await;
         let task = deliver(
             message,
             shared.clone(),

@@ -135,12 +135,12 @@ impl Publisher {
         self.cancel.cancel();
     }
 
-    /// Waits until connected (or shut down).
-    async fn channel(&self) -> Result<Current, PublishError> {
+    /// Waits until connected, or until the publisher is shut down (`Err`).
+    pub async fn connected(&self) -> Result<(), PublishError> {
         let mut current = self.current.clone();
         tokio::select! {
             result = current.wait_for(Option::is_some) => result
-                .map(|c| c.clone().expect("waited for Some"))
+                .map(|_| ())
                 .map_err(|_| PublishError::ShutDown),
             _ = self.cancel.cancelled() => Err(PublishError::ShutDown),
         }
@@ -148,30 +148,42 @@ impl Publisher {
 
     /// One publish attempt: waits for a connection, publishes, waits for the confirm.
     pub async fn publish(&self, message: &Outbound) -> Result<Delivered, PublishError> {
+        self.connected().await?;
         self.send(message).await?.confirmed().await
     }
 
-    /// The first half of a publish: waits for a connection and hands the message to it.
+    /// The first half of a publish: hands the message to the current connection. Never
+    /// waits for a connection (an error when there is none) and is bounded by
+    /// `confirm_timeout`, so callers need not race it against anything: abandoning it
+    /// midway could let the event out while its source message is never acked.
     /// Calling `send` in order keeps events in order on the exchange; the confirms can
     /// then be awaited concurrently.
     pub async fn send(&self, message: &Outbound) -> Result<PendingConfirm, PublishError> {
-        let Current {
+        let Some(Current {
             generation,
             channel,
-        } = self.channel().await?;
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(message.exchange.as_str()),
-                ShortString::from(message.routing_key.as_str()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &message.body,
-                message.properties.clone(),
-            )
-            .await
-            .map_err(|error| self.broken(generation, error))?;
+        }) = self.current.borrow().clone()
+        else {
+            return Err(PublishError::Connection("not connected".into()));
+        };
+        let publish = channel.basic_publish(
+            ShortString::from(message.exchange.as_str()),
+            ShortString::from(message.routing_key.as_str()),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &message.body,
+            message.properties.clone(),
+        );
+        let confirm = match tokio::time::timeout(self.config.confirm_timeout, publish).await {
+            Ok(sent) => sent.map_err(|error| self.broken(generation, error))?,
+            Err(_) => {
+                // The socket takes nothing: treat the connection as gone.
+                report_broken(&self.broken, generation);
+                return Err(PublishError::Timeout(self.config.confirm_timeout));
+            }
+        };
         Ok(PendingConfirm {
             broken: self.broken.clone(),
             timeout: self.config.confirm_timeout,
