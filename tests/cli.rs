@@ -140,7 +140,26 @@ fn check_lists_the_example_bridges_with_routing_keys() {
         assert!(jetstream.contains(expected), "{expected} in:\n{jetstream}");
     }
     assert!(!jetstream.contains("at-most-once"), "{jetstream}");
-    assert!(run.stdout.contains("ok: 2 bridge(s)"), "{}", run.stdout);
+    let amqp = bridge_listing(&run.stdout, "demo-amqp");
+    for expected in [
+        "kind amqp",
+        "event.demo.demo-amqp.*",
+        "queue `demo-amqp`",
+        "bound to `amq.topic`",
+        "at-least-once",
+    ] {
+        assert!(amqp.contains(expected), "{expected} in:\n{amqp}");
+    }
+    let tables = std::fs::read_to_string(EXAMPLE_CONFIG)
+        .unwrap()
+        .lines()
+        .filter(|line| line.trim() == "[[bridge]]")
+        .count();
+    assert!(
+        run.stdout.contains(&format!("ok: {tables} bridge(s)")),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -456,6 +456,12 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
     let mut bridges = Vec::with_capacity(top.bridge.len());
     for (index, raw) in top.bridge.into_iter().enumerate() {
         let spec = build_bridge(raw, index, &top.defaults)?;
+        spec.source
+            .check(&spec, &exchange)
+            .map_err(|message| ConfigError::Bridge {
+                bridge: spec.name.clone(),
+                message,
+            })?;
         if !names.insert(spec.name.clone()) {
             return Err(ConfigError::Bridge {
                 bridge: spec.name,

@@ -1,7 +1,11 @@
 //! Source kinds behind one `Source` trait. A kind's module owns its config struct, its
 //! connection and its acknowledgement; it knows nothing of other kinds or of the exchange.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod in_order;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 
@@ -10,6 +14,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::config::{BridgeSpec, ExchangeConfig};
 use crate::normalize::Metadata;
 
 /// One message from a source, with the handle that acknowledges it to its broker.
@@ -67,6 +72,10 @@ pub enum SourceSpec {
     Nats(nats::NatsSpec),
     #[cfg(feature = "nats")]
     JetStream(nats::JetStreamSpec),
+    #[cfg(feature = "mqtt")]
+    Mqtt(mqtt::MqttSpec),
+    #[cfg(feature = "amqp")]
+    Amqp(amqp::AmqpSpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -75,6 +84,10 @@ pub const KINDS: &[&str] = &[
     "nats",
     #[cfg(feature = "nats")]
     "jetstream",
+    #[cfg(feature = "mqtt")]
+    "mqtt",
+    #[cfg(feature = "amqp")]
+    "amqp",
 ];
 
 impl SourceSpec {
@@ -84,6 +97,10 @@ impl SourceSpec {
             SourceSpec::Nats(_) => "nats",
             #[cfg(feature = "nats")]
             SourceSpec::JetStream(_) => "jetstream",
+            #[cfg(feature = "mqtt")]
+            SourceSpec::Mqtt(_) => "mqtt",
+            #[cfg(feature = "amqp")]
+            SourceSpec::Amqp(_) => "amqp",
         }
     }
 
@@ -94,6 +111,22 @@ impl SourceSpec {
             SourceSpec::Nats(spec) => spec.describe(),
             #[cfg(feature = "nats")]
             SourceSpec::JetStream(spec) => spec.describe(),
+            #[cfg(feature = "mqtt")]
+            SourceSpec::Mqtt(spec) => spec.describe(),
+            #[cfg(feature = "amqp")]
+            SourceSpec::Amqp(spec) => spec.describe(),
+        }
+    }
+
+    /// Checks that need the rest of the config (e.g. a bridge consuming its own output).
+    pub fn check(&self, bridge: &BridgeSpec, exchange: &ExchangeConfig) -> Result<(), String> {
+        match self {
+            #[cfg(feature = "amqp")]
+            SourceSpec::Amqp(spec) => spec.check(bridge, exchange),
+            _ => {
+                let _ = (bridge, exchange);
+                Ok(())
+            }
         }
     }
 
@@ -104,6 +137,10 @@ impl SourceSpec {
             SourceSpec::Nats(spec) => nats::connect_core(spec, context).await,
             #[cfg(feature = "nats")]
             SourceSpec::JetStream(spec) => nats::connect_jetstream(spec, context).await,
+            #[cfg(feature = "mqtt")]
+            SourceSpec::Mqtt(spec) => mqtt::connect(spec, context).await,
+            #[cfg(feature = "amqp")]
+            SourceSpec::Amqp(spec) => amqp::connect(spec, context).await,
         }
     }
 }
@@ -115,6 +152,10 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
         "nats" => nats::NatsSpec::parse(table).map(SourceSpec::Nats),
         #[cfg(feature = "nats")]
         "jetstream" => nats::JetStreamSpec::parse(table).map(SourceSpec::JetStream),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => mqtt::MqttSpec::parse(table).map(SourceSpec::Mqtt),
+        #[cfg(feature = "amqp")]
+        "amqp" => amqp::AmqpSpec::parse(table).map(SourceSpec::Amqp),
         other => Err(format!(
             "key `kind`: unknown kind `{other}` (this build knows: {})",
             KINDS.join(", ")
@@ -128,6 +169,10 @@ pub fn accepted_keys() -> Vec<&'static str> {
     let mut keys = crate::config::fields::names::<TlsOptions>().to_vec();
     #[cfg(feature = "nats")]
     keys.extend(nats::accepted_keys());
+    #[cfg(feature = "mqtt")]
+    keys.extend(mqtt::accepted_keys());
+    #[cfg(feature = "amqp")]
+    keys.extend(amqp::accepted_keys());
     keys
 }
 

@@ -1,0 +1,914 @@
+//! `kind = "amqp"`: the shared conformance checks, plus what is special about consuming a
+//! RabbitMQ queue: redelivery after SIGKILL with stable ids, inbound CloudEvents, property
+//! mapping, quorum queues, re-declaring a deleted queue, a source outage, the loop guard.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::proxy::Proxy;
+use common::{AMQP_URL, Daemon, Rabbit, Received, eventually, eventually_async, unique};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+/// Queue arguments every test queue gets: RabbitMQ deletes it ten minutes after its last
+/// use (and with it the binding, and so the auto-delete source exchange).
+const EXPIRES_MS: i64 = 600_000;
+
+/// A source exchange of the test's own (a "legacy application" publishing to RabbitMQ),
+/// and the queue the bridge consumes, bound to it.
+struct Amqp {
+    exchange: String,
+    queue: String,
+    routing_key: String,
+    /// More kind keys for the bridge (e.g. quorum queue arguments).
+    queue_keys: String,
+    connection: Connection,
+    channel: lapin::Channel,
+}
+
+impl Amqp {
+    /// A source whose queue and binding exist before the bridge starts, so nothing sent
+    /// early is unroutable. The bridge declares and binds them again, identically.
+    async fn new() -> Self {
+        let source = Amqp::without_queue("").await;
+        source.declare_queue(FieldTable::default()).await;
+        source
+    }
+
+    /// Only the source exchange: the bridge declares and binds the queue itself.
+    async fn without_queue(queue_keys: &str) -> Self {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (run scripts/brokers.sh)");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let exchange = unique("legacy");
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Amqp {
+            exchange,
+            queue: unique("orders"),
+            routing_key: "legacy.orders.created".into(),
+            queue_keys: queue_keys.to_owned(),
+            connection,
+            channel,
+        }
+    }
+
+    fn arguments(extra: FieldTable) -> FieldTable {
+        let mut arguments = extra;
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
+        arguments
+    }
+
+    async fn declare_queue(&self, extra_arguments: FieldTable) {
+        self.channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                Amqp::arguments(extra_arguments),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                "legacy.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes with confirms; true when a queue took the message.
+    async fn publish(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> bool {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        match confirm {
+            Confirmation::Ack(None) => true,
+            Confirmation::Ack(Some(_)) => false,
+            other => panic!("RabbitMQ did not take the message: {other:?}"),
+        }
+    }
+
+    /// Publishes, asserting that the queue took it.
+    async fn send_with(&self, payload: &[u8], properties: BasicProperties) {
+        assert!(
+            self.publish(&self.routing_key, payload, properties).await,
+            "the source queue is bound"
+        );
+    }
+
+    /// Messages ready in the queue (not counting those a consumer holds unacked). A
+    /// fresh channel each time: a passive declare of a missing queue closes it.
+    async fn ready(&self) -> Option<u32> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = channel.close(200, "done".into()).await;
+        Some(queue.message_count())
+    }
+}
+
+/// Sends `{"n":N}` with the message_id `<run>-<N>`, so redeliveries keep their event id.
+async fn send_numbered(source: &Amqp, run: &str, n: u64) {
+    let properties =
+        BasicProperties::default().with_message_id(format!("{run}-{n}").as_str().into());
+    source
+        .send_with(format!("{{\"n\":{n}}}").as_bytes(), properties)
+        .await;
+}
+
+fn headers_table(headers: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        table.insert(
+            ShortString::from(*name),
+            AMQPValue::LongString(LongString::from(*value)),
+        );
+    }
+    table
+}
+
+impl SourceUnderTest for Amqp {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+    fn at_least_once(&self) -> bool {
+        true
+    }
+    fn bridge_keys(&self) -> String {
+        format!(
+            "url = \"{AMQP_URL}\"\nqueue = \"{}\"\nbind_exchange = \"{}\"\nbinding_keys = [\"legacy.#\"]\narguments = {{ \"x-expires\" = {EXPIRES_MS} }}\n{}",
+            self.queue, self.exchange, self.queue_keys
+        )
+    }
+    fn subject(&self) -> String {
+        self.routing_key.clone()
+    }
+    async fn send(&self, payload: &[u8], headers: &[(&str, &str)]) {
+        let properties = if headers.is_empty() {
+            BasicProperties::default()
+        } else {
+            BasicProperties::default().with_headers(headers_table(headers))
+        };
+        self.send_with(payload, properties).await;
+    }
+    // No `pending_at_source`: AMQP 0-9-1 reports only a queue's ready messages, not those
+    // a live consumer holds unacked (that needs the management API). The AMQP tests
+    // below prove "nothing acked" by closing the consumer first: RabbitMQ then requeues
+    // everything unacked and the ready count is the whole backlog.
+}
+
+#[tokio::test]
+async fn delivers_byte_exact_events() {
+    conformance::delivers_byte_exact(&Amqp::new().await).await;
+}
+
+#[tokio::test]
+async fn dead_letters_poison_and_keeps_going() {
+    let source = Amqp::new().await;
+    conformance::dead_letters_poison(&source).await;
+    eventually_async(Duration::from_secs(10), "poison acked too", || async {
+        source.ready().await == Some(0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_match_traffic() {
+    conformance::metrics_match_traffic(&Amqp::new().await).await;
+}
+
+#[tokio::test]
+async fn counts_unroutable_events() {
+    conformance::counts_unroutable(&Amqp::new().await).await;
+}
+
+#[tokio::test]
+async fn at_least_once_through_exchange_outage() {
+    conformance::at_least_once_through_exchange_outage(&Amqp::new().await).await;
+}
+
+#[tokio::test]
+async fn reload_under_traffic_leaves_untouched_bridges_alone() {
+    conformance::reload_under_traffic(&Amqp::new().await).await;
+}
+
+/// Collects events from `queue` until every `{"n":N}` for N in 0..count arrived (or the
+/// deadline passes), checking that duplicates carry their first copy's id.
+async fn collect_numbers(
+    rabbit: &Rabbit,
+    queue: &str,
+    count: u64,
+    timeout: Duration,
+) -> (HashMap<u64, String>, usize) {
+    let deadline = Instant::now() + timeout;
+    let mut ids: HashMap<u64, String> = HashMap::new();
+    let mut total = 0;
+    while (ids.len() as u64) < count && Instant::now() < deadline {
+        for event in rabbit.take(queue, 1000, Duration::from_secs(2)).await {
+            total += 1;
+            let json = event.json();
+            let n = json["data"]["n"].as_u64().expect("a {\"n\":N} event");
+            let id = json["id"].as_str().unwrap().to_owned();
+            let first = ids.entry(n).or_insert_with(|| id.clone());
+            assert_eq!(*first, id, "a redelivery of message {n} got another id");
+        }
+    }
+    (ids, total)
+}
+
+/// While the exchange is unreachable nothing is acked: after SIGKILL (the consumer's
+/// connection closes, RabbitMQ requeues what it held) the whole backlog is still in the
+/// queue; a restart with the exchange back delivers all of it and empties the queue.
+#[tokio::test]
+async fn nothing_is_acked_while_the_exchange_is_down() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let table = bridge_table(&source, &bridge, "max_in_flight = 10");
+    let mut daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table).await;
+    daemon.wait_ready().await;
+
+    proxy.cut();
+    eventually(Duration::from_secs(10), "exchange seen down", || {
+        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+    })
+    .await;
+    let sent = 40u64;
+    let run = unique("m");
+    for n in 0..sent {
+        send_numbered(&source, &run, n).await;
+    }
+    // RabbitMQ hands the consumer max_in_flight messages (the prefetch) and keeps the
+    // rest; the bridge itself stops pulling at its first unconfirmable publish.
+    eventually_async(
+        Duration::from_secs(10),
+        "prefetch = max_in_flight taken",
+        || async { source.ready().await == Some(30) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(source.ready().await, Some(30), "no more than the prefetch");
+    let pulled = daemon
+        .metrics()
+        .bridge("bridge_messages_received_total", &bridge, "amqp")
+        .unwrap();
+    assert!((1.0..=10.0).contains(&pulled), "pulled {pulled}");
+    daemon.kill();
+    eventually_async(
+        Duration::from_secs(10),
+        "unacked requeued on close",
+        || async { source.ready().await == Some(sent as u32) },
+    )
+    .await;
+
+    proxy.restore();
+    daemon.restart().await;
+    let (ids, _) = collect_numbers(&rabbit, &queue, sent, Duration::from_secs(30)).await;
+    assert_eq!(
+        ids.keys().copied().collect::<HashSet<_>>(),
+        (0..sent).collect(),
+        "log: {}",
+        daemon.log()
+    );
+    eventually_async(Duration::from_secs(10), "queue empty", || async {
+        source.ready().await == Some(0)
+    })
+    .await;
+}
+
+/// SIGKILL mid-stream, then restart: every message arrives, duplicates only with the id
+/// of their first copy (the message_id property), and the queue ends empty. The
+/// exchange's confirms are held back before the kill, so max_in_flight events are
+/// published but unconfirmed, hence unacked, when the process dies.
+#[tokio::test]
+async fn sigkill_mid_stream_loses_nothing_and_keeps_ids() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let table = bridge_table(&source, &bridge, "max_in_flight = 20");
+    let mut daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table).await;
+    daemon.wait_ready().await;
+    let published = |daemon: &Daemon| {
+        daemon
+            .metrics()
+            .bridge("bridge_events_published_total", &bridge, "amqp")
+    };
+    let received = |daemon: &Daemon| {
+        daemon
+            .metrics()
+            .bridge("bridge_messages_received_total", &bridge, "amqp")
+    };
+
+    let run = unique("m");
+    let total = 400u64;
+    for n in 0..100 {
+        send_numbered(&source, &run, n).await;
+    }
+    eventually(Duration::from_secs(20), "the first 100 confirmed", || {
+        published(&daemon) == Some(100.0)
+    })
+    .await;
+    // Confirms stop coming back: the next 20 are published but never acked.
+    proxy.drop_replies();
+    for n in 100..200 {
+        send_numbered(&source, &run, n).await;
+    }
+    eventually(Duration::from_secs(20), "max_in_flight in flight", || {
+        received(&daemon) == Some(120.0)
+    })
+    .await;
+    assert_eq!(published(&daemon), Some(100.0), "no confirm, no ack");
+    daemon.kill();
+    for n in 200..total {
+        send_numbered(&source, &run, n).await;
+    }
+    eventually_async(
+        Duration::from_secs(10),
+        "the unacked requeued: everything after the first 100 waits",
+        || async { source.ready().await == Some(300) },
+    )
+    .await;
+
+    proxy.restore();
+    daemon.restart().await;
+    let (ids, events) = collect_numbers(&rabbit, &queue, total, Duration::from_secs(60)).await;
+    assert_eq!(
+        ids.keys().copied().collect::<HashSet<_>>(),
+        (0..total).collect(),
+        "every message arrives; log: {}",
+        daemon.log()
+    );
+    for (n, id) in &ids {
+        assert_eq!(id, &format!("{run}-{n}"), "the event id is the message_id");
+    }
+    assert!(
+        events as u64 > total,
+        "the unconfirmed ones were published again: {events} events"
+    );
+    // All acked: after a clean stop nothing is requeued.
+    eventually(Duration::from_secs(10), "in-flight back to 0", || {
+        daemon.metrics().bridge("bridge_in_flight", &bridge, "amqp") == Some(0.0)
+    })
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(source.ready().await, Some(0), "the queue ends empty");
+}
+
+/// Changing the bridge under traffic drains the old one: it stops consuming, the
+/// exchange still confirms what it had in flight and those messages are acked on the
+/// old channel (kept open by their ack handles); the new one takes over the queue.
+#[tokio::test]
+async fn a_changed_bridge_drains_and_acks_its_in_flight_messages() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit.bind(&exchange, &format!("event.*.{bridge}.#")).await;
+    let table = |tenant: &str| bridge_table(&source, &bridge, &format!("tenant = \"{tenant}\""));
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table("acme")).await;
+    daemon.wait_ready().await;
+
+    let run = unique("m");
+    let total = 200u64;
+    let stream = async {
+        for n in 0..total {
+            send_numbered(&source, &run, n).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        daemon.write_bridges(&table("globex"));
+        eventually(Duration::from_secs(10), "the changed bridge runs", || {
+            daemon
+                .bridge_status(&bridge)
+                .is_some_and(|b| b["tenant"] == "globex" && b["status"]["state"] == "running")
+        })
+        .await;
+    };
+    tokio::join!(stream, change);
+
+    let (ids, events) = collect_numbers(&rabbit, &queue, total, Duration::from_secs(30)).await;
+    assert_eq!(
+        ids.keys().copied().collect::<HashSet<_>>(),
+        (0..total).collect(),
+        "log: {}",
+        daemon.log()
+    );
+    // Duplicates are rare but allowed (collect_numbers checked they keep their id): a
+    // stop that lands while the old bridge hands a message to the exchange abandons
+    // that message unacked, though its event went out.
+    assert!(events as u64 >= total);
+    assert!(
+        !daemon.log().contains("ack failed"),
+        "every ack went through: {}",
+        daemon.log()
+    );
+    eventually_async(Duration::from_secs(10), "queue empty", || async {
+        source.ready().await == Some(0)
+    })
+    .await;
+}
+
+/// The source contract, driven directly: prefetch = max_in_flight, and an ack handle
+/// still acks after its source was dropped (what a draining bridge relies on). The
+/// channel closes with the last handle, and only what was never acked is requeued.
+#[tokio::test]
+async fn ack_handles_outlive_their_source() {
+    use broker_bridge::sources::{ConnectContext, amqp};
+    let source = Amqp::new().await;
+    let run = unique("m");
+    for n in 0..3 {
+        send_numbered(&source, &run, n).await;
+    }
+    let table = serde_json::json!({
+        "url": AMQP_URL,
+        "queue": source.queue,
+        "bind_exchange": source.exchange,
+        "binding_keys": ["legacy.#"],
+        "arguments": {"x-expires": EXPIRES_MS},
+    });
+    let spec = amqp::AmqpSpec::parse(table.as_object().unwrap().clone()).unwrap();
+    let context = ConnectContext {
+        bridge: "direct".into(),
+        max_in_flight: 2,
+    };
+    let mut consumer = amqp::connect(&spec, &context).await.unwrap();
+    let first = consumer.next().await.unwrap();
+    let second = consumer.next().await.unwrap();
+    assert_eq!(first.meta.id, Some(format!("{run}-0")));
+    assert_eq!(second.meta.id, Some(format!("{run}-1")));
+    assert_eq!(first.meta.subject.as_deref(), Some("legacy.orders.created"));
+    assert_eq!(&first.payload[..], b"{\"n\":0}");
+    eventually_async(Duration::from_secs(10), "prefetch 2", || async {
+        source.ready().await == Some(1)
+    })
+    .await;
+    drop(consumer);
+    first
+        .ack
+        .ack()
+        .await
+        .expect("acked after the source is gone");
+    second
+        .ack
+        .ack()
+        .await
+        .expect("acked after the source is gone");
+    // Both acked, the channel closed: only the third message is in the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(source.ready().await, Some(1));
+}
+
+/// Binary-mode CloudEvents (`ce-` and `cloudEvents:` headers) and structured ones pass
+/// through with their own id, source, type and data; only the tenant is added.
+#[tokio::test]
+async fn inbound_cloudevents_pass_through() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit.bind(&exchange, "event.acme.#").await;
+    let daemon = Daemon::start(AMQP_URL, &exchange, &bridge_table(&source, &bridge, "")).await;
+    daemon.wait_ready().await;
+
+    let data = br#"{ "order" : 7 }"#;
+    for prefix in ["ce-", "cloudEvents:", "cloudEvents_"] {
+        let headers = [
+            (format!("{prefix}specversion"), "1.0".to_owned()),
+            (format!("{prefix}id"), format!("{prefix}id-1")),
+            (format!("{prefix}source"), "/legacy/shop".to_owned()),
+            (format!("{prefix}type"), "com.acme.order.paid".to_owned()),
+            (format!("{prefix}time"), "2026-05-01T12:00:00Z".to_owned()),
+            (format!("{prefix}region"), "eu".to_owned()),
+        ];
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        source
+            .send_with(
+                data,
+                BasicProperties::default()
+                    .with_headers(headers_table(&headers))
+                    .with_content_type("application/json".into()),
+            )
+            .await;
+    }
+    let structured = br#"{"specversion":"1.0","id":"s-1","source":"/legacy/billing","type":"com.acme.invoice.sent","datacontenttype":"text/plain","data":"hello"}"#;
+    source
+        .send_with(
+            structured,
+            BasicProperties::default().with_content_type("application/cloudevents+json".into()),
+        )
+        .await;
+
+    let received = rabbit
+        .take_exactly(&queue, 4, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 4, "log: {}", daemon.log());
+    for (event, prefix) in received.iter().zip(["ce-", "cloudEvents:", "cloudEvents_"]) {
+        assert_eq!(
+            event.routing_key,
+            format!("event.acme.{bridge}.com_acme_order_paid")
+        );
+        let json = event.json();
+        assert_eq!(json["id"], format!("{prefix}id-1"));
+        assert_eq!(json["source"], "/legacy/shop");
+        assert_eq!(json["type"], "com.acme.order.paid");
+        assert_eq!(json["time"], "2026-05-01T12:00:00Z");
+        assert_eq!(json["region"], "eu");
+        assert_eq!(json["tenant"], "acme");
+        let needle = [b"\"data\":".as_slice(), data].concat();
+        assert!(
+            event.body.windows(needle.len()).any(|w| w == needle),
+            "data byte-exact: {}",
+            String::from_utf8_lossy(&event.body)
+        );
+        let properties_id = event
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string());
+        assert_eq!(properties_id, Some(format!("{prefix}id-1")));
+    }
+    let json = received[3].json();
+    assert_eq!(
+        received[3].routing_key,
+        format!("event.acme.{bridge}.com_acme_invoice_sent")
+    );
+    assert_eq!(json["id"], "s-1");
+    assert_eq!(json["source"], "/legacy/billing");
+    assert_eq!(json["data"], "hello");
+    assert_eq!(json["tenant"], "acme");
+}
+
+/// message_id, timestamp and content_type become id, time and datacontenttype; the source
+/// names broker, vhost and queue; type comes from the routing key (default) or from the
+/// AMQP `type` property; the tenant from a header.
+#[tokio::test]
+async fn properties_map_to_attributes() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let by_key = unique("key");
+    let by_property = unique("prop");
+    let queue = rabbit.bind(&exchange, "event.#").await;
+    // Two bridges, each on its own queue bound to the same source exchange.
+    let second_queue = unique("orders");
+    let second_keys = format!(
+        "url = \"{AMQP_URL}\"\nqueue = \"{second_queue}\"\nbind_exchange = \"{}\"\narguments = {{ \"x-expires\" = {EXPIRES_MS} }}\ntype = \"{{header:amqp-type}}\"\ntenant = \"{{header:x-tenant}}\"\n",
+        source.exchange
+    );
+    let bridges = format!(
+        "{}\n[[bridge]]\nname = \"{by_property}\"\nkind = \"amqp\"\n{second_keys}",
+        bridge_table(
+            &source,
+            &by_key,
+            "type = \"com.acme.{subject[1]}.{subject[2]}\""
+        ),
+    );
+    let daemon = Daemon::start(AMQP_URL, &exchange, &bridges).await;
+    daemon.wait_ready().await;
+
+    let mut headers = FieldTable::default();
+    headers.insert("x-tenant".into(), AMQPValue::LongString("globex".into()));
+    headers.insert("x-attempt".into(), AMQPValue::LongInt(2));
+    let properties = BasicProperties::default()
+        .with_message_id("order-42".into())
+        .with_timestamp(1_700_000_000)
+        .with_content_type("text/plain".into())
+        .with_type("OrderCreated".into())
+        .with_headers(headers);
+    source.send_with(b"plain text", properties).await;
+
+    let received = rabbit
+        .take_exactly(&queue, 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    let find = |prefix: &str| -> &Received {
+        received
+            .iter()
+            .find(|r| r.routing_key.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no event on {prefix}: {received:?}"))
+    };
+    let from_key = find(&format!("event.acme.{by_key}."));
+    assert_eq!(
+        from_key.routing_key,
+        format!("event.acme.{by_key}.com_acme_orders_created")
+    );
+    let from_property = find(&format!("event.globex.{by_property}."));
+    assert_eq!(
+        from_property.routing_key,
+        format!("event.globex.{by_property}.OrderCreated")
+    );
+    for (event, ty, tenant, queue) in [
+        (from_key, "com.acme.orders.created", "acme", &source.queue),
+        (from_property, "OrderCreated", "globex", &second_queue),
+    ] {
+        let json = event.json();
+        assert_eq!(json["id"], "order-42");
+        assert_eq!(json["time"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["datacontenttype"], "text/plain");
+        assert_eq!(json["subject"], "legacy.orders.created");
+        assert_eq!(json["type"], ty);
+        assert_eq!(json["tenant"], tenant);
+        assert_eq!(
+            json["source"],
+            format!("amqp://127.0.0.1:5672/%2F/{queue}"),
+            "no credentials in the source"
+        );
+        assert_eq!(json["data_base64"], "cGxhaW4gdGV4dA==");
+    }
+}
+
+/// A quorum queue declared by the bridge (x-queue-type = quorum, durable) works; the queue
+/// really is a quorum queue (declaring it as classic is refused by RabbitMQ).
+#[tokio::test]
+async fn declares_and_consumes_a_quorum_queue() {
+    let source = Amqp::without_queue(
+        "arguments = { \"x-queue-type\" = \"quorum\", \"x-expires\" = 600000 }",
+    )
+    .await;
+    // The kind's own `arguments` line replaces the default one.
+    let keys = format!(
+        "url = \"{AMQP_URL}\"\nqueue = \"{}\"\nbind_exchange = \"{}\"\nbinding_keys = [\"legacy.#\"]\n{}",
+        source.queue, source.exchange, source.queue_keys
+    );
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let table = format!("[[bridge]]\nname = \"{bridge}\"\nkind = \"amqp\"\n{keys}\n");
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    daemon.wait_ready().await;
+    for n in 0..5 {
+        source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
+    }
+    let received = rabbit
+        .take_exactly(&queue, 5, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 5, "log: {}", daemon.log());
+
+    let channel = source.connection.create_channel().await.unwrap();
+    // The same arguments but for the queue type, so that is what RabbitMQ objects to.
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    let classic = Amqp::arguments(classic);
+    let redeclared = channel
+        .queue_declare(
+            source.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            classic,
+        )
+        .await;
+    let error = redeclared
+        .expect_err("the bridge declared a quorum queue")
+        .to_string();
+    assert!(
+        error.contains("inequivalent arg 'x-queue-type'") && error.contains("'quorum'"),
+        "the bridge declared a quorum queue: {error}"
+    );
+}
+
+/// Deleting the queue under a running bridge cancels its consumer; the bridge reconnects,
+/// declares and binds the queue again, and goes on consuming.
+#[tokio::test]
+async fn redeclares_and_rebinds_a_deleted_queue() {
+    let source = Amqp::without_queue("").await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let daemon = Daemon::start(AMQP_URL, &exchange, &bridge_table(&source, &bridge, "")).await;
+    daemon.wait_ready().await;
+    source.send(b"{\"n\":0}", &[]).await;
+    assert_eq!(
+        rabbit.take(&queue, 1, Duration::from_secs(20)).await.len(),
+        1
+    );
+
+    source
+        .channel
+        .queue_delete(source.queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    // The source exchange was auto-delete and went with the queue's binding; the legacy
+    // application declares it again. The bridge retries binding until it exists.
+    source
+        .channel
+        .exchange_declare(
+            source.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Until the bridge has declared and bound it again, publishes are unroutable.
+    eventually_async(
+        Duration::from_secs(20),
+        "the queue is back and bound",
+        || async {
+            source
+                .publish(
+                    &source.routing_key,
+                    b"{\"n\":1}",
+                    BasicProperties::default(),
+                )
+                .await
+        },
+    )
+    .await;
+    let received = rabbit.take(&queue, 1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "log: {}", daemon.log());
+    assert_eq!(received[0].json()["data"]["n"], 1);
+    let status = daemon.bridge_status(&bridge).unwrap();
+    assert!(
+        status["status"]["connects"].as_u64().unwrap() >= 2,
+        "reconnected: {status}"
+    );
+    assert_eq!(status["status"]["state"], "running");
+}
+
+/// The bridge's own connection to the source broker is cut: messages published meanwhile
+/// wait in the durable queue, and the bridge reconnects and delivers them all.
+#[tokio::test]
+async fn source_outage_loses_nothing() {
+    let source = Amqp::new().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let keys = source.bridge_keys().replace(AMQP_URL, &proxy.amqp_url());
+    let table = format!("[[bridge]]\nname = \"{bridge}\"\nkind = \"amqp\"\n{keys}\n");
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    daemon.wait_ready().await;
+    let run = unique("m");
+    for n in 0..10 {
+        send_numbered(&source, &run, n).await;
+    }
+    proxy.cut();
+    eventually(Duration::from_secs(10), "bridge seen down", || {
+        daemon.metrics().bridge("bridge_up", &bridge, "amqp") == Some(0.0)
+    })
+    .await;
+    for n in 10..30 {
+        send_numbered(&source, &run, n).await;
+    }
+    proxy.restore();
+    let (ids, _) = collect_numbers(&rabbit, &queue, 30, Duration::from_secs(30)).await;
+    assert_eq!(
+        ids.keys().copied().collect::<HashSet<_>>(),
+        (0..30).collect(),
+        "log: {}",
+        daemon.log()
+    );
+    daemon.wait_running(&bridge).await;
+    assert!(
+        daemon
+            .metrics()
+            .bridge("bridge_restarts_total", &bridge, "amqp")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+/// `check` refuses a bridge bound to the routing exchange with a key matching its own
+/// events, naming the key; a key for other events passes.
+#[test]
+fn check_refuses_a_bridge_that_would_consume_its_own_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker-bridge.toml");
+    let write = |keys: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[exchange]\nurl = \"amqp://guest:guest@localhost:5672/%2f\"\nname = \"events\"\n\n[[bridge]]\nname = \"orders\"\nkind = \"amqp\"\ntenant = \"acme\"\nurl = \"amqp://bridge:secret@127.0.0.1/%2F\"\nqueue = \"orders\"\nbind_exchange = \"events\"\nbinding_keys = {keys}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_broker-bridge"))
+            .args(["check", "-c"])
+            .arg(&config)
+            .env_remove("BROKER_BRIDGE__EXCHANGE__URL")
+            .env_remove("BROKER_BRIDGE__EXCHANGE__NAME")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    write("[\"legacy.#\", \"event.#\"]");
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    for fragment in [
+        "`orders`",
+        "key `binding_keys`",
+        "`event.#` on the routing exchange `events`",
+        "event.acme.orders.*",
+        "it would consume what it publishes",
+    ] {
+        assert!(stderr.contains(fragment), "{fragment} in {stderr}");
+    }
+    assert!(
+        !stderr.contains("secret"),
+        "no password in errors: {stderr}"
+    );
+
+    write("[\"event.globex.shop.*\"]");
+    let (code, stdout, stderr) = check();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("bound to `events` with `event.globex.shop.*`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("at-least-once"), "{stdout}");
+}
