@@ -1,5 +1,5 @@
-//! End-to-end figures for the NATS core and JetStream bridges, and the exchange ceiling
-//! measured in the same run. Not a test: it prints numbers and asserts nothing about them.
+//! End-to-end figures for every bridge kind with a source broker (NATS core, JetStream,
+//! MQTT, AMQP), and the exchange ceiling measured in the same run. Not a test: it prints numbers and asserts nothing about them.
 //!
 //! For each kind a real `broker-bridge` process (the release build) bridges a source into
 //! a fresh exchange, and a consumer of our own counts the events on a queue bound to it:
@@ -41,6 +41,7 @@ use broker_bridge::normalize::{Mapping, Metadata, normalize};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
+const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 const MAX_IN_FLIGHT: usize = 256;
 const LATENCY_EVENTS: usize = 2_000;
 const LATENCY_PACE: Duration = Duration::from_micros(1_000);
@@ -68,7 +69,7 @@ fn main() {
         );
         let ceiling = ceiling(events).await;
         ceiling.print("exchange ceiling (in-process)");
-        for kind in [Kind::Nats, Kind::JetStream] {
+        for kind in [Kind::Nats, Kind::JetStream, Kind::Mqtt, Kind::Amqp] {
             let result = bridge(kind, events).await;
             result.print(kind.label());
             println!(
@@ -84,6 +85,8 @@ fn main() {
 enum Kind {
     Nats,
     JetStream,
+    Mqtt,
+    Amqp,
 }
 
 impl Kind {
@@ -91,6 +94,8 @@ impl Kind {
         match self {
             Kind::Nats => "nats",
             Kind::JetStream => "jetstream",
+            Kind::Mqtt => "mqtt",
+            Kind::Amqp => "amqp",
         }
     }
 
@@ -98,6 +103,8 @@ impl Kind {
         match self {
             Kind::Nats => "nats -> exchange",
             Kind::JetStream => "jetstream -> exchange",
+            Kind::Mqtt => "mqtt (QoS 1) -> exchange",
+            Kind::Amqp => "amqp queue -> exchange",
         }
     }
 }
@@ -320,42 +327,78 @@ fn spawn_daemon(config: &Path, log: &Path) -> Child {
         .expect("start broker-bridge")
 }
 
-/// Sends to a NATS subject (core) or a JetStream stream as fast as it takes them.
-struct SourceClient {
-    kind: Kind,
-    client: async_nats::Client,
-    jetstream: async_nats::jetstream::Context,
-    subject: String,
+/// An independent client of the source broker, sending as fast as the broker takes it.
+enum SourceClient {
+    Nats {
+        client: async_nats::Client,
+        subject: String,
+    },
+    JetStream {
+        client: async_nats::Client,
+        jetstream: async_nats::jetstream::Context,
+        subject: String,
+    },
+    Mqtt {
+        client: rumqttc::AsyncClient,
+        topic: String,
+    },
+    Amqp {
+        channel: lapin::Channel,
+        exchange: String,
+        _connection: Connection,
+    },
 }
+
+/// How far the MQTT producer may run ahead of the events that arrived.
+const MQTT_AHEAD: usize = 800;
+
+/// How many broker acknowledgements a fast producer keeps outstanding.
+const PRODUCER_WINDOW: usize = 512;
 
 impl SourceClient {
     async fn send_all(&self, payloads: impl Iterator<Item = Bytes>) {
-        match self.kind {
-            Kind::Nats => {
+        match self {
+            SourceClient::Nats { client, subject } => {
                 for payload in payloads {
-                    self.client
-                        .publish(self.subject.clone(), payload)
-                        .await
-                        .unwrap();
+                    client.publish(subject.clone(), payload).await.unwrap();
                 }
-                self.client.flush().await.unwrap();
+                client.flush().await.unwrap();
             }
-            Kind::JetStream => {
-                // Keep a window of stored-acks outstanding, as a fast producer would.
+            SourceClient::JetStream {
+                jetstream, subject, ..
+            } => {
                 let mut acks = VecDeque::new();
                 for payload in payloads {
-                    acks.push_back(
-                        self.jetstream
-                            .publish(self.subject.clone(), payload)
-                            .await
-                            .unwrap(),
-                    );
-                    if acks.len() >= 512 {
+                    acks.push_back(jetstream.publish(subject.clone(), payload).await.unwrap());
+                    if acks.len() >= PRODUCER_WINDOW {
                         acks.pop_front().unwrap().await.expect("stored");
                     }
                 }
                 for ack in acks {
                     ack.await.expect("stored");
+                }
+            }
+            SourceClient::Mqtt { client, topic } => {
+                // rumqttc keeps its own window of unacknowledged QoS 1 publishes.
+                for payload in payloads {
+                    client
+                        .publish_bytes(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload)
+                        .await
+                        .unwrap();
+                }
+            }
+            SourceClient::Amqp {
+                channel, exchange, ..
+            } => {
+                let mut confirms = VecDeque::new();
+                for payload in payloads {
+                    confirms.push_back(amqp_publish(channel, exchange, &payload).await);
+                    if confirms.len() >= PRODUCER_WINDOW {
+                        confirms.pop_front().unwrap().await.expect("confirmed");
+                    }
+                }
+                for confirm in confirms {
+                    confirm.await.expect("confirmed");
                 }
             }
         }
@@ -366,54 +409,138 @@ impl SourceClient {
         for sequence in 0..LATENCY_EVENTS {
             tick.tick().await;
             let body = payload(sequence, unix_nanos());
-            match self.kind {
-                Kind::Nats => self
-                    .client
-                    .publish(self.subject.clone(), body)
+            // Acknowledgements from the source broker are not awaited, to keep the pace.
+            match self {
+                SourceClient::Nats { client, subject } => {
+                    client.publish(subject.clone(), body).await.unwrap()
+                }
+                SourceClient::JetStream {
+                    jetstream, subject, ..
+                } => {
+                    let _ = jetstream.publish(subject.clone(), body).await.unwrap();
+                }
+                SourceClient::Mqtt { client, topic } => client
+                    .publish_bytes(topic.clone(), rumqttc::QoS::AtLeastOnce, false, body)
                     .await
                     .unwrap(),
-                Kind::JetStream => {
-                    // Not awaiting the stored-ack keeps the pace; it is awaited below.
-                    let _ = self
-                        .jetstream
-                        .publish(self.subject.clone(), body)
-                        .await
-                        .unwrap();
+                SourceClient::Amqp {
+                    channel, exchange, ..
+                } => {
+                    drop(amqp_publish(channel, exchange, &body).await);
                 }
             }
         }
-        self.client.flush().await.unwrap();
+        if let SourceClient::Nats { client, .. } | SourceClient::JetStream { client, .. } = self {
+            client.flush().await.unwrap();
+        }
+    }
+}
+
+async fn amqp_publish(
+    channel: &lapin::Channel,
+    exchange: &str,
+    payload: &[u8],
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            exchange.into(),
+            "bench.reading".into(),
+            lapin::options::BasicPublishOptions::default(),
+            payload,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
+        )
+        .await
+        .unwrap()
+}
+
+/// Connects the producer for `kind` and returns it with the bridge's kind keys.
+async fn source_client(kind: Kind, name: &str) -> (SourceClient, String) {
+    let word = name.replace('-', "_");
+    match kind {
+        Kind::Nats | Kind::JetStream => {
+            let client = async_nats::connect(NATS_URL)
+                .await
+                .expect("NATS on 127.0.0.1:4222 (run scripts/brokers.sh)");
+            let subject = format!("bench.{word}");
+            if let Kind::Nats = kind {
+                let keys = format!("url = \"{NATS_URL}\"\nsubject = \"{subject}\"");
+                return (SourceClient::Nats { client, subject }, keys);
+            }
+            let jetstream = async_nats::jetstream::new(client.clone());
+            let stream = format!("BENCH_{word}");
+            jetstream
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![subject.clone()],
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    max_age: Duration::from_secs(600),
+                    ..Default::default()
+                })
+                .await
+                .expect("create stream");
+            let keys = format!("url = \"{NATS_URL}\"\nstream = \"{stream}\"");
+            let client = SourceClient::JetStream {
+                client,
+                jetstream,
+                subject,
+            };
+            (client, keys)
+        }
+        Kind::Mqtt => {
+            let mut options =
+                rumqttc::MqttOptions::new(format!("{name}-producer"), "127.0.0.1", 1883);
+            options.set_inflight(PRODUCER_WINDOW as u16);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, PRODUCER_WINDOW);
+            tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+            let topic = format!("bench/{name}/reading");
+            let keys = format!("url = \"{MQTT_URL}\"\ntopics = [\"bench/{name}/#\"]");
+            (SourceClient::Mqtt { client, topic }, keys)
+        }
+        Kind::Amqp => {
+            let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+                .await
+                .expect("RabbitMQ on 127.0.0.1:5672 (run scripts/brokers.sh)");
+            let channel = connection.create_channel().await.unwrap();
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let exchange = format!("{name}-source");
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let keys = format!(
+                "url = \"{AMQP_URL}\"\nqueue = \"{name}\"\nauto_delete = true\nbind_exchange = \"{exchange}\"\nbinding_keys = [\"bench.#\"]"
+            );
+            let client = SourceClient::Amqp {
+                channel,
+                exchange,
+                _connection: connection,
+            };
+            (client, keys)
+        }
     }
 }
 
 async fn bridge(kind: Kind, events: usize) -> Figures {
     let exchange = unique("bench-ex");
     let bridge_name = unique(kind.name());
-    let subject = format!("bench.{}", bridge_name.replace('-', "_"));
-    let client = async_nats::connect(NATS_URL)
-        .await
-        .expect("NATS on 127.0.0.1:4222 (run scripts/brokers.sh)");
-    let jetstream = async_nats::jetstream::new(client.clone());
-    let stream = format!("BENCH_{}", bridge_name.replace('-', "_"));
-    let table = match kind {
-        Kind::Nats => format!(
-            "[[bridge]]\nname = \"{bridge_name}\"\nkind = \"nats\"\nurl = \"{NATS_URL}\"\nsubject = \"{subject}\"\n"
-        ),
-        Kind::JetStream => {
-            jetstream
-                .create_stream(async_nats::jetstream::stream::Config {
-                    name: stream.clone(),
-                    subjects: vec![subject.clone()],
-                    storage: async_nats::jetstream::stream::StorageType::Memory,
-                    ..Default::default()
-                })
-                .await
-                .expect("create stream");
-            format!(
-                "[[bridge]]\nname = \"{bridge_name}\"\nkind = \"jetstream\"\nurl = \"{NATS_URL}\"\nstream = \"{stream}\"\n"
-            )
-        }
-    };
+    let (source, keys) = source_client(kind, &bridge_name).await;
+    let table = format!(
+        "[[bridge]]\nname = \"{bridge_name}\"\nkind = \"{}\"\n{keys}\n",
+        kind.name()
+    );
     let counter = Counter::bind(&exchange).await;
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("bench.toml");
@@ -429,15 +556,19 @@ async fn bridge(kind: Kind, events: usize) -> Figures {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let source = SourceClient {
-        kind,
-        client,
-        jetstream: jetstream.clone(),
-        subject,
-    };
 
     let start = Instant::now();
-    source.send_all((0..events).map(|n| payload(n, 0))).await;
+    if let SourceClient::Mqtt { .. } = source {
+        // Mosquitto queues at most 1000 QoS 1 messages per session and drops the rest
+        // when a subscriber falls behind a full-speed producer; staying at most
+        // MQTT_AHEAD messages ahead of the arrivals keeps the bridge saturated.
+        for chunk in (0..events).collect::<Vec<_>>().chunks(MQTT_AHEAD / 2) {
+            counter.wait_for((chunk[0] + MQTT_AHEAD / 2).saturating_sub(MQTT_AHEAD)).await;
+            source.send_all(chunk.iter().map(|&n| payload(n, 0))).await;
+        }
+    } else {
+        source.send_all((0..events).map(|n| payload(n, 0))).await;
+    }
     counter.wait_for(events).await;
     let per_second = events as f64 / start.elapsed().as_secs_f64();
 
@@ -448,7 +579,8 @@ async fn bridge(kind: Kind, events: usize) -> Figures {
 
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
-    if let Kind::JetStream = kind {
+    if let SourceClient::JetStream { jetstream, .. } = &source {
+        let stream = format!("BENCH_{}", bridge_name.replace('-', "_"));
         let _ = jetstream.delete_stream(&stream).await;
     }
     Figures {
