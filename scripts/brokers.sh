@@ -379,6 +379,18 @@ for entry in "${selected[@]}"; do
     fi
 done
 
+# Programs the tests run themselves: the MQTT TLS test starts a private Mosquitto with
+# certificates made by openssl and a password file made by mosquitto_passwd.
+# "program package" pairs, needed whenever Mosquitto is selected.
+if [[ " ${selected[*]} " == *" mosquitto "* ]]; then
+    for tool in "openssl openssl" "mosquitto mosquitto" "mosquitto_passwd mosquitto"; do
+        read -r program package <<<"$tool"
+        if ! has_program "$program" && [[ " ${packages[*]-} " != *" $package "* ]]; then
+            packages+=("$package")
+        fi
+    done
+fi
+
 if ((${#packages[@]})); then
     apt_install "${packages[@]}"
 fi
