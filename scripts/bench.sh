@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
+scripts/deps.sh
 scripts/brokers.sh
 exec cargo bench --locked --bench pipeline "$@"

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
+scripts/deps.sh
 scripts/brokers.sh rabbitmq nats
 exec cargo run --release -- run -c config.example.toml "$@"

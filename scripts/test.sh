@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
+scripts/deps.sh
 scripts/brokers.sh
 # Unit and integration tests. No doc tests: there are none, and their empty summary
 # would be the run's last line.
