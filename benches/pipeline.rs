@@ -1,5 +1,5 @@
 //! End-to-end figures for every bridge kind with a source broker (NATS core, JetStream,
-//! MQTT, AMQP), and the exchange ceiling measured in the same run. Not a test: it prints numbers and asserts nothing about them.
+//! MQTT, AMQP, Kafka), and the exchange ceiling measured in the same run. Not a test: it prints numbers and asserts nothing about them.
 //!
 //! For each kind a real `broker-bridge` process (the release build) bridges a source into
 //! a fresh exchange, and a consumer of our own counts the events on a queue bound to it:
@@ -42,6 +42,11 @@ use broker_bridge::normalize::{Mapping, Metadata, normalize};
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
+const KAFKA_BROKERS: &str = "127.0.0.1:9092";
+/// Partitions of the Kafka bench topic: the bridge reads them concurrently.
+const KAFKA_PARTITIONS: i32 = 3;
+/// The consumer's `fetch.wait.max.ms` in the bench (see `source_client`).
+const KAFKA_FETCH_WAIT_MS: u32 = 5;
 const MAX_IN_FLIGHT: usize = 256;
 const LATENCY_EVENTS: usize = 2_000;
 const LATENCY_PACE: Duration = Duration::from_micros(1_000);
@@ -69,7 +74,7 @@ fn main() {
         );
         let ceiling = ceiling(events).await;
         ceiling.print("exchange ceiling (in-process)");
-        for kind in [Kind::Nats, Kind::JetStream, Kind::Mqtt, Kind::Amqp] {
+        for kind in [Kind::Nats, Kind::JetStream, Kind::Mqtt, Kind::Amqp, Kind::Kafka] {
             let result = bridge(kind, events).await;
             result.print(kind.label());
             println!(
@@ -87,6 +92,7 @@ enum Kind {
     JetStream,
     Mqtt,
     Amqp,
+    Kafka,
 }
 
 impl Kind {
@@ -96,6 +102,7 @@ impl Kind {
             Kind::JetStream => "jetstream",
             Kind::Mqtt => "mqtt",
             Kind::Amqp => "amqp",
+            Kind::Kafka => "kafka",
         }
     }
 
@@ -105,6 +112,7 @@ impl Kind {
             Kind::JetStream => "jetstream -> exchange",
             Kind::Mqtt => "mqtt (QoS 1) -> exchange",
             Kind::Amqp => "amqp queue -> exchange",
+            Kind::Kafka => "kafka (3 parts) -> exchange",
         }
     }
 }
@@ -314,7 +322,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The release build of the daemon, next to this bench's own executable's profile.
-fn spawn_daemon(config: &Path, log: &Path) -> Child {
+fn spawn_daemon(config: &Path, log: &Path) -> DaemonProcess {
     let log = std::fs::File::create(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_broker-bridge"))
         .args(["run", "-c"])
@@ -324,7 +332,32 @@ fn spawn_daemon(config: &Path, log: &Path) -> Child {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
+        .map(DaemonProcess)
         .expect("start broker-bridge")
+}
+
+/// The daemon under measurement; killed if the bench panics, so no run leaves one behind.
+struct DaemonProcess(Child);
+
+impl DaemonProcess {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, as an operator stops it, and wait for the exit.
+    fn terminate(mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// An independent client of the source broker, sending as fast as the broker takes it.
@@ -346,6 +379,10 @@ enum SourceClient {
         channel: lapin::Channel,
         exchange: String,
         _connection: Connection,
+    },
+    Kafka {
+        producer: rdkafka::producer::FutureProducer,
+        topic: String,
     },
 }
 
@@ -401,6 +438,18 @@ impl SourceClient {
                     confirm.await.expect("confirmed");
                 }
             }
+            SourceClient::Kafka { producer, topic } => {
+                let mut deliveries = VecDeque::new();
+                for payload in payloads {
+                    deliveries.push_back(kafka_send(producer, topic, &payload).await);
+                    if deliveries.len() >= PRODUCER_WINDOW {
+                        kafka_stored(deliveries.pop_front().unwrap()).await;
+                    }
+                }
+                for delivery in deliveries {
+                    kafka_stored(delivery).await;
+                }
+            }
         }
     }
 
@@ -428,6 +477,9 @@ impl SourceClient {
                 } => {
                     drop(amqp_publish(channel, exchange, &body).await);
                 }
+                SourceClient::Kafka { producer, topic } => {
+                    drop(kafka_send(producer, topic, &body).await);
+                }
             }
         }
         if let SourceClient::Nats { client, .. } | SourceClient::JetStream { client, .. } = self {
@@ -453,6 +505,40 @@ async fn amqp_publish(
         )
         .await
         .unwrap()
+}
+
+/// Queues one record (partitioned by librdkafka, no key: spread over the partitions).
+async fn kafka_send(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    payload: &[u8],
+) -> rdkafka::producer::DeliveryFuture {
+    let mut record = rdkafka::producer::FutureRecord::<(), [u8]>::to(topic).payload(payload);
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((_, returned)) => {
+                // The producer's local queue is full: let it drain.
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+async fn kafka_stored(delivery: rdkafka::producer::DeliveryFuture) {
+    delivery
+        .await
+        .expect("delivery reported")
+        .map_err(|(error, _)| error)
+        .expect("stored by Kafka");
+}
+
+fn kafka_admin() -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", KAFKA_BROKERS)
+        .create()
+        .expect("Kafka admin client")
 }
 
 /// Connects the producer for `kind` and returns it with the bridge's kind keys.
@@ -530,6 +616,36 @@ async fn source_client(kind: Kind, name: &str) -> (SourceClient, String) {
             };
             (client, keys)
         }
+        Kind::Kafka => {
+            use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+            let topic = format!("bench-{name}");
+            let created = kafka_admin()
+                .create_topics(
+                    [&NewTopic::new(
+                        &topic,
+                        KAFKA_PARTITIONS,
+                        TopicReplication::Fixed(1),
+                    )],
+                    &AdminOptions::new(),
+                )
+                .await
+                .expect("Kafka on 127.0.0.1:9092 (run scripts/brokers.sh)");
+            for result in created {
+                result.expect("bench topic created");
+            }
+            let producer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", KAFKA_BROKERS)
+                .set("linger.ms", "2")
+                .create()
+                .expect("Kafka producer");
+            // tansu answers a fetch that finds no new records only when
+            // fetch.wait.max.ms (librdkafka: 500ms) has passed, not as soon as records
+            // arrive as Kafka does; a short wait keeps that out of the latency figures.
+            let keys = format!(
+                "brokers = \"{KAFKA_BROKERS}\"\ntopics = [\"{topic}\"]\nproperties = {{ \"fetch.wait.max.ms\" = {KAFKA_FETCH_WAIT_MS} }}"
+            );
+            (SourceClient::Kafka { producer, topic }, keys)
+        }
     }
 }
 
@@ -546,7 +662,7 @@ async fn bridge(kind: Kind, events: usize) -> Figures {
     let config_path = dir.path().join("bench.toml");
     let admin_port = free_port();
     std::fs::write(&config_path, config_text(&exchange, admin_port, &table)).unwrap();
-    let mut daemon = spawn_daemon(&config_path, &dir.path().join("daemon.log"));
+    let daemon = spawn_daemon(&config_path, &dir.path().join("daemon.log"));
     let started = Instant::now();
     while !ready(admin_port) {
         assert!(
@@ -563,7 +679,9 @@ async fn bridge(kind: Kind, events: usize) -> Figures {
         // when a subscriber falls behind a full-speed producer; staying at most
         // MQTT_AHEAD messages ahead of the arrivals keeps the bridge saturated.
         for chunk in (0..events).collect::<Vec<_>>().chunks(MQTT_AHEAD / 2) {
-            counter.wait_for((chunk[0] + MQTT_AHEAD / 2).saturating_sub(MQTT_AHEAD)).await;
+            counter
+                .wait_for((chunk[0] + MQTT_AHEAD / 2).saturating_sub(MQTT_AHEAD))
+                .await;
             source.send_all(chunk.iter().map(|&n| payload(n, 0))).await;
         }
     } else {
@@ -577,11 +695,17 @@ async fn bridge(kind: Kind, events: usize) -> Figures {
     let (p50, p99) = counter.percentiles().await;
     let peak_rss_kib = peak_rss_kib(daemon.id());
 
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
+    daemon.terminate();
     if let SourceClient::JetStream { jetstream, .. } = &source {
         let stream = format!("BENCH_{}", bridge_name.replace('-', "_"));
         let _ = jetstream.delete_stream(&stream).await;
+    }
+    if let SourceClient::Kafka { topic, .. } = &source {
+        // The bench's own topic (the broker keeps it in memory).
+        let options = rdkafka::admin::AdminOptions::new();
+        let _ = kafka_admin()
+            .delete_topics(&[topic.as_str()], &options)
+            .await;
     }
     Figures {
         per_second,
@@ -619,6 +743,8 @@ async fn ceiling(events: usize) -> Figures {
         publisher.event_message(&normalized.event, normalized.routing_key)
     };
     let prebuilt: Vec<_> = (0..events).map(|n| build(n, 0)).collect();
+    // As a bridge does before it pulls: a send before the first connection fails.
+    publisher.connected().await.expect("the exchange connects");
 
     let start = Instant::now();
     let mut confirms = VecDeque::new();

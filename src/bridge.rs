@@ -17,7 +17,7 @@ use crate::config::BridgeSpec;
 use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
 use crate::metrics::BridgeMetrics;
 use crate::normalize::{Mapping, normalize};
-use crate::sources::{ConnectContext, Incoming, Source};
+use crate::sources::{ConnectContext, Incoming, LagGauge, Source};
 
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
 pub type PublisherSlot = Arc<RwLock<Arc<Publisher>>>;
@@ -109,6 +109,7 @@ pub async fn run(
         let context = ConnectContext {
             bridge: spec.name.clone(),
             max_in_flight: spec.max_in_flight,
+            lag: LagGauge::new(metrics.clone()),
         };
         loop {
             let connected = tokio::select! {
@@ -198,9 +199,6 @@ async fn pump(
         shared.metrics.received.fetch_add(1, Relaxed);
         shared.metrics.in_flight.fetch_add(1, Relaxed);
         let in_flight = InFlight(shared.metrics.clone());
-        if let Some(lag) = source.lag() {
-            shared.metrics.source_lag.store(lag as i64, Relaxed);
-        }
         let message = Message::new(incoming, shared);
         // The first send happens here, in arrival order, so events keep their order on
         // the exchange; confirms, retries and acks run concurrently. Not raced with

@@ -4,6 +4,8 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod in_order;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]
@@ -47,11 +49,6 @@ impl Acker for NoAck {
 pub trait Source: Send {
     /// The next message. An error means the connection is lost: the bridge reconnects.
     async fn next(&mut self) -> Result<Incoming, SourceError>;
-
-    /// How far behind the source is, where it can tell (JetStream pending, Kafka lag).
-    fn lag(&self) -> Option<u64> {
-        None
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +73,8 @@ pub enum SourceSpec {
     Mqtt(mqtt::MqttSpec),
     #[cfg(feature = "amqp")]
     Amqp(amqp::AmqpSpec),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaSpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -88,6 +87,8 @@ pub const KINDS: &[&str] = &[
     "mqtt",
     #[cfg(feature = "amqp")]
     "amqp",
+    #[cfg(feature = "kafka")]
+    "kafka",
 ];
 
 impl SourceSpec {
@@ -101,6 +102,8 @@ impl SourceSpec {
             SourceSpec::Mqtt(_) => "mqtt",
             #[cfg(feature = "amqp")]
             SourceSpec::Amqp(_) => "amqp",
+            #[cfg(feature = "kafka")]
+            SourceSpec::Kafka(_) => "kafka",
         }
     }
 
@@ -115,6 +118,8 @@ impl SourceSpec {
             SourceSpec::Mqtt(spec) => spec.describe(),
             #[cfg(feature = "amqp")]
             SourceSpec::Amqp(spec) => spec.describe(),
+            #[cfg(feature = "kafka")]
+            SourceSpec::Kafka(spec) => spec.describe(),
         }
     }
 
@@ -141,6 +146,8 @@ impl SourceSpec {
             SourceSpec::Mqtt(spec) => mqtt::connect(spec, context).await,
             #[cfg(feature = "amqp")]
             SourceSpec::Amqp(spec) => amqp::connect(spec, context).await,
+            #[cfg(feature = "kafka")]
+            SourceSpec::Kafka(spec) => kafka::connect(spec, context).await,
         }
     }
 }
@@ -156,6 +163,8 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
         "mqtt" => mqtt::MqttSpec::parse(table).map(SourceSpec::Mqtt),
         #[cfg(feature = "amqp")]
         "amqp" => amqp::AmqpSpec::parse(table).map(SourceSpec::Amqp),
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka::KafkaSpec::parse(table).map(SourceSpec::Kafka),
         other => Err(format!(
             "key `kind`: unknown kind `{other}` (this build knows: {})",
             KINDS.join(", ")
@@ -173,6 +182,8 @@ pub fn accepted_keys() -> Vec<&'static str> {
     keys.extend(mqtt::accepted_keys());
     #[cfg(feature = "amqp")]
     keys.extend(amqp::accepted_keys());
+    #[cfg(feature = "kafka")]
+    keys.extend(kafka::accepted_keys());
     keys
 }
 
@@ -195,4 +206,38 @@ pub struct TlsOptions {
 pub struct ConnectContext {
     pub bridge: String,
     pub max_in_flight: usize,
+    /// `bridge_source_lag`: a source that can tell how far behind it is (JetStream
+    /// pending, Kafka consumer lag) sets it whenever it learns, also while idle.
+    pub lag: LagGauge,
+}
+
+/// The bridge's `bridge_source_lag` gauge, as a source reports to it; the default
+/// reports nowhere.
+#[derive(Clone, Default)]
+pub struct LagGauge(Option<std::sync::Arc<crate::metrics::BridgeMetrics>>);
+
+impl LagGauge {
+    pub fn new(metrics: std::sync::Arc<crate::metrics::BridgeMetrics>) -> Self {
+        LagGauge(Some(metrics))
+    }
+
+    /// Messages waiting at the source.
+    pub fn set(&self, lag: u64) {
+        if let Some(metrics) = &self.0 {
+            let lag = i64::try_from(lag).unwrap_or(i64::MAX);
+            metrics
+                .source_lag
+                .store(lag, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for LagGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "LagGauge"
+        } else {
+            "LagGauge(none)"
+        })
+    }
 }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Acker, ConnectContext, Incoming, NoAck, Source, SourceError, TlsOptions};
+use super::{Acker, ConnectContext, Incoming, LagGauge, NoAck, Source, SourceError, TlsOptions};
 use crate::config::{duration, fields};
 use crate::normalize::Metadata;
 
@@ -317,7 +317,8 @@ impl Source for CoreSource {
 struct JetStreamSource {
     messages: pull::Stream,
     server: String,
-    pending: Option<u64>,
+    /// JetStream tells with every message how many wait behind it.
+    lag: LagGauge,
     _client: async_nats::Client,
 }
 
@@ -393,7 +394,7 @@ pub async fn connect_jetstream(
     Ok(Box::new(JetStreamSource {
         messages,
         server: server_label(&spec.connection.url),
-        pending: None,
+        lag: context.lag.clone(),
         _client: client,
     }))
 }
@@ -412,7 +413,7 @@ impl Source for JetStreamSource {
             .map_err(|e| SourceError::Subscription(format!("bad JetStream reply subject: {e}")))?;
         let id = format!("{}:{}", info.stream, info.stream_sequence);
         let time = info.published;
-        self.pending = Some(info.pending);
+        self.lag.set(info.pending);
         let headers = headers_of(message.headers.as_ref());
         let subject = message.subject.to_string();
         let meta = Metadata {
@@ -430,10 +431,6 @@ impl Source for JetStreamSource {
             meta,
             ack: Box::new(JetStreamAck(message)),
         })
-    }
-
-    fn lag(&self) -> Option<u64> {
-        self.pending
     }
 }
 
