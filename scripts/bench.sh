@@ -7,4 +7,5 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 scripts/deps.sh
 scripts/brokers.sh
-exec cargo bench --locked --bench pipeline "$@"
+cargo bench --locked --bench pipeline "$@"
+exec cargo bench --locked --bench s3_listing

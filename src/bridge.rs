@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::config::BridgeSpec;
 use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
 use crate::metrics::BridgeMetrics;
-use crate::normalize::{Mapping, normalize};
+use crate::normalize::{Mapping, normalize_message};
 use crate::sources::{ConnectContext, Incoming, LagGauge, Source};
 
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
@@ -110,6 +110,7 @@ pub async fn run(
             bridge: spec.name.clone(),
             max_in_flight: spec.max_in_flight,
             lag: LagGauge::new(metrics.clone()),
+            state_dir: spec.state_dir.clone(),
         };
         loop {
             let connected = tokio::select! {
@@ -204,13 +205,16 @@ async fn pump(
         // the exchange; confirms, retries and acks run concurrently. Not raced with
         // `stop`: the send is short and bounded, and a pulled message is always seen
         // through (confirmed and acked, or left to the drain).
-        let outbound = message.outbound(&publisher, shared);
-        let first = publisher.send(&outbound).await;
+        let outbounds = message.outbounds(&publisher, shared);
+        let mut first = Vec::with_capacity(outbounds.len());
+        for outbound in &outbounds {
+            first.push(publisher.send(outbound).await);
+        }
         let task = deliver(
             message,
             shared.clone(),
             publisher,
-            outbound,
+            outbounds,
             first,
             in_flight,
             permit,
@@ -225,7 +229,8 @@ struct Message {
     payload: bytes::Bytes,
     meta: crate::normalize::Metadata,
     ack: Box<dyn crate::sources::Acker>,
-    normalized: Result<crate::normalize::Normalized, crate::normalize::Reject>,
+    /// Usually one event; a notification document may hold several, or none.
+    normalized: Result<Vec<crate::normalize::Normalized>, crate::normalize::Reject>,
     received: Instant,
 }
 
@@ -233,7 +238,7 @@ impl Message {
     fn new(incoming: Incoming, shared: &Shared) -> Self {
         let received = Instant::now();
         let Incoming { payload, meta, ack } = incoming;
-        let normalized = normalize(&shared.mapping, &meta, &payload);
+        let normalized = normalize_message(&shared.mapping, &meta, &payload);
         if let Err(reject) = &normalized {
             tracing::warn!(reason = reject.reason.label(), detail = %reject.detail, "dead-lettering a message");
         }
@@ -246,11 +251,15 @@ impl Message {
         }
     }
 
-    /// The event, or for a rejected message its dead-letter copy, encoded for `publisher`.
-    fn outbound(&self, publisher: &Publisher, shared: &Shared) -> Outbound {
+    /// The events, or for a rejected message its dead-letter copy, encoded for
+    /// `publisher`.
+    fn outbounds(&self, publisher: &Publisher, shared: &Shared) -> Vec<Outbound> {
         match &self.normalized {
-            Ok(event) => publisher.event_message(&event.event, event.routing_key.clone()),
-            Err(reject) => publisher.deadletter_message(DeadLetter {
+            Ok(events) => events
+                .iter()
+                .map(|event| publisher.event_message(&event.event, event.routing_key.clone()))
+                .collect(),
+            Err(reject) => vec![publisher.deadletter_message(DeadLetter {
                 routing_key: shared.mapping.deadletter_key(&self.meta),
                 payload: self.payload.clone(),
                 content_type: self.meta.content_type.as_deref(),
@@ -258,21 +267,53 @@ impl Message {
                 reason: reject.reason.label(),
                 detail: &reject.detail,
                 subject: self.meta.subject.as_deref(),
-            }),
+            })],
         }
     }
 }
 
-/// Waits for the confirm, publishing again until one comes, then acks the source.
+/// Waits for the confirms of every event of the message, publishing each again until
+/// one comes, then acks the source once.
 async fn deliver(
     message: Message,
     shared: Arc<Shared>,
     mut publisher: Arc<Publisher>,
-    mut outbound: Outbound,
-    first: Result<PendingConfirm, PublishError>,
+    outbounds: Vec<Outbound>,
+    first: Vec<Result<PendingConfirm, PublishError>>,
     _in_flight: InFlight,
     _permit: OwnedSemaphorePermit,
 ) {
+    for (index, (outbound, first)) in outbounds.into_iter().zip(first).enumerate() {
+        publisher = confirm_one(&message, &shared, publisher, index, outbound, first).await;
+    }
+    match &message.normalized {
+        Ok(events) => {
+            shared
+                .metrics
+                .published
+                .fetch_add(events.len() as u64, Relaxed);
+        }
+        Err(reject) => shared.metrics.dead_letter(reject.reason),
+    }
+    shared
+        .metrics
+        .end_to_end
+        .observe(message.received.elapsed());
+    if let Err(error) = message.ack.ack().await {
+        tracing::warn!(%error, "ack failed; the source will redeliver (same event id)");
+    }
+}
+
+/// Waits for one event's confirm, publishing it again until one comes; returns the
+/// publisher it ended on.
+async fn confirm_one(
+    message: &Message,
+    shared: &Shared,
+    mut publisher: Arc<Publisher>,
+    index: usize,
+    mut outbound: Outbound,
+    first: Result<PendingConfirm, PublishError>,
+) -> Arc<Publisher> {
     let mut backoff = Backoff::new(shared.retry.clone());
     let mut attempt = match first {
         Ok(pending) => pending.confirmed().await,
@@ -288,7 +329,7 @@ async fn deliver(
                 let latest = current_publisher(&shared.publisher);
                 if !Arc::ptr_eq(&latest, &publisher) {
                     // `[exchange]` was reloaded: encode again for the new exchange.
-                    outbound = message.outbound(&latest, &shared);
+                    outbound = message.outbounds(&latest, shared).swap_remove(index);
                     publisher = latest;
                 }
                 attempt = publisher.publish(&outbound).await;
@@ -299,19 +340,7 @@ async fn deliver(
         shared.metrics.unroutable.fetch_add(1, Relaxed);
         tracing::debug!(routing_key = %outbound.routing_key, "no queue bound for this routing key");
     }
-    match &message.normalized {
-        Ok(_) => {
-            shared.metrics.published.fetch_add(1, Relaxed);
-        }
-        Err(reject) => shared.metrics.dead_letter(reject.reason),
-    }
-    shared
-        .metrics
-        .end_to_end
-        .observe(message.received.elapsed());
-    if let Err(error) = message.ack.ack().await {
-        tracing::warn!(%error, "ack failed; the source will redeliver (same event id)");
-    }
+    publisher
 }
 
 /// Counts a message out of `bridge_in_flight` however its task ends (aborted included).

@@ -32,6 +32,9 @@ pub struct Metadata {
     /// Transport details worth keeping as extensions (e.g. `partitionkey`).
     pub extensions: Vec<(String, String)>,
     pub received: DateTime<Utc>,
+    /// The CloudEvent type the kind suggests (e.g. `com.amazonaws.s3.ObjectCreated`),
+    /// used when the bridge sets no `type`.
+    pub default_type: Option<String>,
 }
 
 /// Why a message cannot become a CloudEvent. The label is the metrics `reason`.
@@ -41,14 +44,16 @@ pub enum RejectReason {
     InvalidJson,
     UnresolvedTemplate,
     InvalidCloudEvent,
+    InvalidNotification,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
+    pub const ALL: [RejectReason; 5] = [
         RejectReason::TooLarge,
         RejectReason::InvalidJson,
         RejectReason::UnresolvedTemplate,
         RejectReason::InvalidCloudEvent,
+        RejectReason::InvalidNotification,
     ];
 
     pub fn label(self) -> &'static str {
@@ -57,6 +62,7 @@ impl RejectReason {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::UnresolvedTemplate => "unresolved_template",
             RejectReason::InvalidCloudEvent => "invalid_cloudevent",
+            RejectReason::InvalidNotification => "invalid_notification",
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct Mapping {
     pub source_name: String,
     source_uri: Option<String>,
     event_type: Template,
+    /// The bridge sets `type`: it wins over the kind's `default_type`.
+    type_configured: bool,
     time_pointer: Option<String>,
     format: PayloadFormat,
     default_content_type: Option<String>,
@@ -117,6 +125,7 @@ impl Mapping {
             source_name: spec.source_name.clone(),
             source_uri: spec.source_uri.clone(),
             event_type,
+            type_configured: spec.event_type.is_some(),
             time_pointer,
             format: spec.format,
             default_content_type: spec.content_type.clone(),
@@ -141,6 +150,53 @@ impl Mapping {
         let tenant = self.tenant(meta).unwrap_or_default();
         routing::deadletter_key(&tenant, &self.source_name)
     }
+}
+
+/// Turns one message into its CloudEvents: one, or with `format = "s3-notification"` one
+/// per record (none for a test event). A message is rejected as a whole.
+pub fn normalize_message(
+    mapping: &Mapping,
+    meta: &Metadata,
+    payload: &Bytes,
+) -> Result<Vec<Normalized>, Reject> {
+    if mapping.format != PayloadFormat::S3Notification {
+        return normalize(mapping, meta, payload).map(|event| vec![event]);
+    }
+    if payload.len() > mapping.max_message_bytes {
+        return normalize(mapping, meta, payload).map(|event| vec![event]);
+    }
+    let records = crate::s3notification::parse(payload)
+        .map_err(|e| reject(RejectReason::InvalidNotification, e))?;
+    records
+        .into_iter()
+        .map(|record| {
+            let data = Bytes::from(serde_json::to_vec(&record.data).expect("serializable"));
+            let meta = Metadata {
+                subject: Some(record.data.key.clone()),
+                // Transport headers stay for tenant and type templates, but not a
+                // binary CloudEvent's: the document is not one.
+                headers: meta
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| {
+                        !cloudevent::BINARY_HEADER_PREFIXES.iter().any(|prefix| {
+                            name.get(..prefix.len())
+                                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+                content_type: Some("application/json".into()),
+                time: record.time,
+                id: Some(record.id),
+                source_uri: format!("s3://{}", record.data.bucket),
+                extensions: meta.extensions.clone(),
+                received: meta.received,
+                default_type: Some(record.event_name),
+            };
+            normalize(mapping, &meta, &data)
+        })
+        .collect()
 }
 
 /// Turns one message into a CloudEvent and its routing key.
@@ -192,10 +248,13 @@ pub fn normalize(
         headers: &meta.headers,
         json: json.as_ref(),
     };
-    let ty = mapping
-        .event_type
-        .resolve(&input)
-        .map_err(|e| reject(RejectReason::UnresolvedTemplate, format!("type: {e}")))?;
+    let ty = match &meta.default_type {
+        Some(ty) if !mapping.type_configured => ty.clone(),
+        _ => mapping
+            .event_type
+            .resolve(&input)
+            .map_err(|e| reject(RejectReason::UnresolvedTemplate, format!("type: {e}")))?,
+    };
     // A configured `time_field` is the user saying which time matters, so it wins over
     // the transport's own time (e.g. the JetStream publish time); then the transport
     // time; then when we received it.
@@ -258,7 +317,7 @@ fn classify(
     };
     match format {
         PayloadFormat::Raw => Ok(binary(content_type)),
-        PayloadFormat::Json => match valid_json() {
+        PayloadFormat::Json | PayloadFormat::S3Notification => match valid_json() {
             Ok(_) => Ok(json(content_type.filter(|ct| is_json_content_type(ct)))),
             Err(e) => Err(reject(
                 RejectReason::InvalidJson,
@@ -305,6 +364,7 @@ mod tests {
             source_name: "orders".into(),
             source_uri: None,
             event_type: Template::parse("{subject}").unwrap(),
+            type_configured: false,
             time_pointer: None,
             format: PayloadFormat::Auto,
             default_content_type: None,

@@ -63,6 +63,7 @@ impl Connection {
 
     fn transport(&self) -> Option<rumqttc::Transport> {
         self.tls.as_ref().map(|(ca, cert, key)| {
+            broker_bridge::crypto::install_default_provider();
             rumqttc::Transport::tls(ca.clone(), Some((cert.clone(), key.clone())), None)
         })
     }

@@ -172,3 +172,53 @@ async fn sigterm_exits_cleanly() {
     daemon.wait_running(&bridge).await;
     assert_eq!(daemon.terminate(), Some(0), "log: {}", daemon.log());
 }
+
+/// `format = "s3-notification"`: a MinIO multi-object delete becomes one event per
+/// record (URL-decoded keys, bucket source, sequencer ids); a document that is not a
+/// notification is dead-lettered as `invalid_notification`.
+#[tokio::test]
+async fn s3_notification_records_become_one_event_each() {
+    let source = CoreNats::new();
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let events = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.acme.{bridge}"))
+        .await;
+    let table = bridge_table(&source, &bridge, "format = \"s3-notification\"");
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    daemon.wait_ready().await;
+    let document = br#"{"EventName":"s3:ObjectRemoved:Delete","Key":"images/a%20b.png","Records":[
+      {"eventVersion":"2.0","eventSource":"minio:s3","eventTime":"2024-05-01T10:00:00.123Z",
+       "eventName":"s3:ObjectRemoved:Delete",
+       "s3":{"s3SchemaVersion":"1.0","bucket":{"name":"images","arn":"arn:aws:s3:::images"},
+             "object":{"key":"a%20b.png","sequencer":"17C1A2B3C4D5E6F8"}}},
+      {"eventVersion":"2.0","eventSource":"minio:s3","eventTime":"2024-05-01T10:00:00.124Z",
+       "eventName":"s3:ObjectRemoved:Delete",
+       "s3":{"s3SchemaVersion":"1.0","bucket":{"name":"images","arn":"arn:aws:s3:::images"},
+             "object":{"key":"dir%2Fc+d.png","sequencer":"17C1A2B3C4D5E6F9"}}}]}"#;
+    source.send(document, &[]).await;
+    source.send(br#"{"not":"a notification"}"#, &[]).await;
+    let received = rabbit
+        .take_exactly(&events, 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    let first = received[0].json();
+    let second = received[1].json();
+    assert_eq!(first["type"], "s3:ObjectRemoved:Delete");
+    assert_eq!(first["source"], "s3://images");
+    assert_eq!(first["subject"], "a b.png");
+    assert_eq!(first["id"], "images/a b.png@17C1A2B3C4D5E6F8");
+    assert_eq!(first["data"]["key"], "a b.png");
+    assert_eq!(first["data"]["bucket"], "images");
+    assert_eq!(second["subject"], "dir/c d.png");
+    let dead_letters = rabbit.take_exactly(&dead, 1, Duration::from_secs(20)).await;
+    assert_eq!(dead_letters.len(), 1);
+    assert_eq!(
+        dead_letters[0].header("x-bridge-reason").as_deref(),
+        Some("invalid_notification")
+    );
+}

@@ -14,7 +14,15 @@ use crate::template::Template;
 
 /// Keys that may be given as `<key>_file`: a path whose contents (trailing newline
 /// removed) become the value. Keeps secrets out of the config file.
-pub const SECRET_KEYS: [&str; 4] = ["url", "password", "token", "nkey"];
+pub const SECRET_KEYS: [&str; 7] = [
+    "url",
+    "password",
+    "token",
+    "nkey",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+];
 
 /// Prefix of environment overrides: `BROKER_BRIDGE__EXCHANGE__URL` sets `exchange.url`.
 pub const ENV_PREFIX: &str = "BROKER_BRIDGE";
@@ -132,7 +140,9 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         .expect("checked above")
         .insert("bridge".into(), Value::Array(bridges));
 
-    let top: TopLevel = fields::parse(root).map_err(key_error)?;
+    let mut top: TopLevel = fields::parse(root).map_err(key_error)?;
+    // Like every path in the config, a relative state_dir is relative to the file.
+    top.defaults.state_dir = base.join(&top.defaults.state_dir);
     let config = build(top)?;
     watch_dirs.sort();
     watch_dirs.dedup();
@@ -562,6 +572,7 @@ fn build_bridge(
         max_message_bytes,
         shutdown_timeout: common.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
         backoff: common.backoff.unwrap_or_else(|| defaults.backoff.clone()),
+        state_dir: defaults.state_dir.clone(),
         source,
     })
 }

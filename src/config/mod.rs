@@ -111,6 +111,8 @@ pub struct Defaults {
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     pub backoff: BackoffConfig,
+    /// Where kinds with a cursor of their own (`s3`) keep it; one file set per bridge.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Default for Defaults {
@@ -121,6 +123,7 @@ impl Default for Defaults {
             max_message_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             backoff: BackoffConfig::default(),
+            state_dir: "/var/lib/broker-bridge".into(),
         }
     }
 }
@@ -137,6 +140,10 @@ pub enum PayloadFormat {
     Json,
     /// Never parsed: always `data_base64` with the content type.
     Raw,
+    /// An AWS S3 or MinIO event-notification document: one event per `Records[]`
+    /// entry; anything else is dead-lettered as `invalid_notification`.
+    #[serde(rename = "s3-notification")]
+    S3Notification,
 }
 
 /// Keys every bridge has, whatever its kind. Optional ones fall back to `[defaults]`.
@@ -182,6 +189,8 @@ pub struct BridgeSpec {
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     pub backoff: BackoffConfig,
+    /// `[defaults] state_dir`.
+    pub state_dir: std::path::PathBuf,
     pub source: SourceSpec,
 }
 

@@ -796,6 +796,7 @@ fn metadata(delivery: &Delivery, source_uri: &str, received: DateTime<Utc>) -> M
         source_uri: source_uri.to_owned(),
         extensions: Vec::new(),
         received,
+        default_type: None,
     }
 }
 
@@ -919,6 +920,7 @@ mod tests {
             max_message_bytes: 1024,
             shutdown_timeout: Duration::from_secs(1),
             backoff: Default::default(),
+            state_dir: Default::default(),
             source: SourceSpec::Amqp(spec.clone()),
         }
     }

@@ -1393,6 +1393,7 @@ fn metadata(record: &Record, cluster: &str, received: DateTime<Utc>) -> Metadata
         source_uri: format!("kafka://{cluster}/{topic}"),
         extensions,
         received,
+        default_type: None,
     }
 }
 

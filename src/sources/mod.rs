@@ -10,6 +10,8 @@ pub mod kafka;
 pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,6 +77,8 @@ pub enum SourceSpec {
     Amqp(amqp::AmqpSpec),
     #[cfg(feature = "kafka")]
     Kafka(kafka::KafkaSpec),
+    #[cfg(feature = "s3")]
+    S3(s3::S3Spec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -89,6 +93,8 @@ pub const KINDS: &[&str] = &[
     "amqp",
     #[cfg(feature = "kafka")]
     "kafka",
+    #[cfg(feature = "s3")]
+    "s3",
 ];
 
 impl SourceSpec {
@@ -104,6 +110,8 @@ impl SourceSpec {
             SourceSpec::Amqp(_) => "amqp",
             #[cfg(feature = "kafka")]
             SourceSpec::Kafka(_) => "kafka",
+            #[cfg(feature = "s3")]
+            SourceSpec::S3(_) => "s3",
         }
     }
 
@@ -120,6 +128,8 @@ impl SourceSpec {
             SourceSpec::Amqp(spec) => spec.describe(),
             #[cfg(feature = "kafka")]
             SourceSpec::Kafka(spec) => spec.describe(),
+            #[cfg(feature = "s3")]
+            SourceSpec::S3(spec) => spec.describe(),
         }
     }
 
@@ -148,6 +158,8 @@ impl SourceSpec {
             SourceSpec::Amqp(spec) => amqp::connect(spec, context).await,
             #[cfg(feature = "kafka")]
             SourceSpec::Kafka(spec) => kafka::connect(spec, context).await,
+            #[cfg(feature = "s3")]
+            SourceSpec::S3(spec) => s3::connect(spec, context).await,
         }
     }
 }
@@ -165,6 +177,8 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
         "amqp" => amqp::AmqpSpec::parse(table).map(SourceSpec::Amqp),
         #[cfg(feature = "kafka")]
         "kafka" => kafka::KafkaSpec::parse(table).map(SourceSpec::Kafka),
+        #[cfg(feature = "s3")]
+        "s3" => s3::S3Spec::parse(table).map(SourceSpec::S3),
         other => Err(format!(
             "key `kind`: unknown kind `{other}` (this build knows: {})",
             KINDS.join(", ")
@@ -184,6 +198,8 @@ pub fn accepted_keys() -> Vec<&'static str> {
     keys.extend(amqp::accepted_keys());
     #[cfg(feature = "kafka")]
     keys.extend(kafka::accepted_keys());
+    #[cfg(feature = "s3")]
+    keys.extend(s3::accepted_keys());
     keys
 }
 
@@ -209,6 +225,8 @@ pub struct ConnectContext {
     /// `bridge_source_lag`: a source that can tell how far behind it is (JetStream
     /// pending, Kafka consumer lag) sets it whenever it learns, also while idle.
     pub lag: LagGauge,
+    /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// The bridge's `bridge_source_lag` gauge, as a source reports to it; the default

@@ -441,6 +441,7 @@ fn tls_configuration(
     if !endpoint.tls {
         return Ok(None);
     }
+    crate::crypto::install_default_provider();
     let options = spec.tls.clone().unwrap_or_default();
     let read = |path: &PathBuf, what: &str| {
         std::fs::read(path).map_err(|e| {
@@ -1150,6 +1151,7 @@ impl MqttSource {
             id,
             extensions: Vec::new(),
             received,
+            default_type: None,
         };
         Incoming {
             payload: arrived.payload,

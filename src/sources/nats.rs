@@ -305,6 +305,7 @@ impl Source for CoreSource {
             time: None,
             extensions: Vec::new(),
             received: Utc::now(),
+            default_type: None,
         };
         Ok(Incoming {
             payload: message.payload,
@@ -425,6 +426,7 @@ impl Source for JetStreamSource {
             time: Some(time),
             extensions: Vec::new(),
             received: Utc::now(),
+            default_type: None,
         };
         Ok(Incoming {
             payload: message.payload.clone(),

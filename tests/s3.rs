@@ -1,0 +1,347 @@
+//! `kind = "s3"` against moto's S3 server on 127.0.0.1:9000 (scripts/brokers.sh moto),
+//! with aws-sdk-s3 as the independent client that writes the objects.
+#![cfg(feature = "s3")]
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use common::proxy::Proxy;
+use common::{AMQP_URL, Daemon, Rabbit, Received, config_text, eventually, unique};
+use serde_json::Value;
+
+const ENDPOINT: &str = "http://127.0.0.1:9000";
+
+fn client() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(ENDPOINT)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A new bucket, unique to the test. Fails when moto is not running.
+async fn bucket(s3: &aws_sdk_s3::Client) -> String {
+    let name = unique("bkt").to_lowercase().replace('_', "-");
+    let name: String = name.chars().take(63).collect();
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("moto S3 on 127.0.0.1:9000 (run scripts/brokers.sh moto)");
+    name
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &str, ct: &str) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type(ct)
+        .body(ByteStream::from(body.as_bytes().to_vec()))
+        .send()
+        .await
+        .unwrap();
+}
+
+fn bridge_table(name: &str, bucket: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[bridge]]
+name = "{name}"
+kind = "s3"
+bucket = "{bucket}"
+endpoint_url = "{ENDPOINT}"
+access_key_id = "test"
+secret_access_key = "test"
+poll_interval = "300ms"
+{extra}
+"#
+    )
+}
+
+/// Starts the daemon with its own state_dir (in its temporary directory).
+async fn start(exchange_url: &str, exchange: &str, bridges: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    Daemon::start_with_text(dir, exchange_url, exchange, |port| {
+        config_text(exchange_url, exchange, port, bridges).replace(
+            "[defaults]\n",
+            &format!("[defaults]\nstate_dir = \"{}\"\n", state.display()),
+        )
+    })
+    .await
+}
+
+fn keys(received: &[Received]) -> Vec<String> {
+    let mut keys: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["subject"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn created_objects_arrive_as_cloudevents_with_metadata() {
+    let s3 = client();
+    let bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    put(
+        &s3,
+        &bucket,
+        "docs/a b+c.json",
+        r#"{"x":1}"#,
+        "application/json",
+    )
+    .await;
+    put(&s3, &bucket, "docs/readme.txt", "hello", "text/plain").await;
+    let daemon = start(
+        AMQP_URL,
+        &exchange,
+        &bridge_table(&bridge, &bucket, "inline_max_bytes = 100"),
+    )
+    .await;
+    let received = rabbit
+        .take_exactly(&queue, 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    let head = s3
+        .head_object()
+        .bucket(&bucket)
+        .key("docs/a b+c.json")
+        .send()
+        .await
+        .unwrap();
+    let etag = head.e_tag().unwrap().trim_matches('"').to_owned();
+    let event = received
+        .iter()
+        .map(Received::json)
+        .find(|e| e["subject"] == "docs/a b+c.json")
+        .expect("event for the JSON object");
+    assert_eq!(event["type"], "com.amazonaws.s3.ObjectCreated");
+    assert_eq!(event["source"], format!("s3://{bucket}"));
+    assert_eq!(event["id"], format!("{bucket}/docs/a b+c.json@{etag}"));
+    assert_eq!(event["datacontenttype"], "application/json");
+    let data = &event["data"];
+    assert_eq!(data["bucket"], Value::String(bucket.clone()));
+    assert_eq!(data["key"], "docs/a b+c.json");
+    assert_eq!(data["size"], 7);
+    assert_eq!(data["etag"], Value::String(etag));
+    assert_eq!(data["content_type"], "application/json");
+    assert_eq!(data["body"], serde_json::json!({"x": 1}));
+    let modified = head.last_modified().unwrap().to_millis().unwrap();
+    let time = chrono::DateTime::parse_from_rfc3339(event["time"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        time.timestamp_millis(),
+        modified,
+        "time is the last-modified time"
+    );
+    let text = received
+        .iter()
+        .map(Received::json)
+        .find(|e| e["subject"] == "docs/readme.txt")
+        .unwrap();
+    assert_eq!(text["data"]["body"], "hello");
+    assert_eq!(text["data"]["content_type"], "text/plain");
+}
+
+#[tokio::test]
+async fn filters_changes_and_removals() {
+    let s3 = client();
+    let bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let daemon = start(
+        AMQP_URL,
+        &exchange,
+        &bridge_table(
+            &bridge,
+            &bucket,
+            "prefix = \"in/\"\nsuffix = \".csv\"\nremoved = true",
+        ),
+    )
+    .await;
+    put(&s3, &bucket, "in/one.csv", "1", "text/csv").await;
+    put(&s3, &bucket, "in/two.txt", "2", "text/plain").await;
+    put(&s3, &bucket, "out/three.csv", "3", "text/csv").await;
+    let received = rabbit
+        .take_exactly(&queue, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(keys(&received), ["in/one.csv"], "log: {}", daemon.log());
+    let first_id = received[0].json()["id"].clone();
+
+    put(&s3, &bucket, "in/one.csv", "1 changed", "text/csv").await;
+    let changed = rabbit
+        .take_exactly(&queue, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(keys(&changed), ["in/one.csv"]);
+    let changed = changed[0].json();
+    assert_eq!(changed["type"], "com.amazonaws.s3.ObjectCreated");
+    assert_ne!(changed["id"], first_id, "a new ETag is a new event");
+    assert_eq!(changed["data"]["size"], 9);
+
+    s3.delete_object()
+        .bucket(&bucket)
+        .key("in/one.csv")
+        .send()
+        .await
+        .unwrap();
+    let removed = rabbit
+        .take_exactly(&queue, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(removed.len(), 1);
+    let removed = removed[0].json();
+    assert_eq!(removed["type"], "com.amazonaws.s3.ObjectRemoved");
+    assert_eq!(removed["subject"], "in/one.csv");
+    assert_eq!(removed["data"]["key"], "in/one.csv");
+}
+
+#[tokio::test]
+async fn restart_publishes_nothing_twice_and_misses_nothing() {
+    let s3 = client();
+    let bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    for n in 0..5 {
+        put(&s3, &bucket, &format!("k{n:02}"), "x", "text/plain").await;
+    }
+    // A small page size, so the listing is paginated.
+    let mut daemon = start(
+        AMQP_URL,
+        &exchange,
+        &bridge_table(&bridge, &bucket, "page_size = 2"),
+    )
+    .await;
+    let first = rabbit
+        .take_exactly(&queue, 5, Duration::from_secs(20))
+        .await;
+    assert_eq!(first.len(), 5, "log: {}", daemon.log());
+    assert_eq!(daemon.terminate(), Some(0));
+    for n in 5..8 {
+        put(&s3, &bucket, &format!("k{n:02}"), "x", "text/plain").await;
+    }
+    daemon.restart().await;
+    let second = rabbit
+        .take_exactly(&queue, 3, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        keys(&second),
+        ["k05", "k06", "k07"],
+        "only objects written while down; log: {}",
+        daemon.log()
+    );
+    // SIGKILL too: the cursor on disk is consistent.
+    daemon.kill();
+    put(&s3, &bucket, "k08", "x", "text/plain").await;
+    daemon.restart().await;
+    let third = rabbit
+        .take_exactly(&queue, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(keys(&third), ["k08"], "log: {}", daemon.log());
+}
+
+#[tokio::test]
+async fn exchange_outage_keeps_the_cursor_and_everything_arrives() {
+    let s3 = client();
+    let bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let daemon = start(
+        &proxy.amqp_url(),
+        &exchange,
+        &bridge_table(&bridge, &bucket, ""),
+    )
+    .await;
+    daemon.wait_ready().await;
+    proxy.cut();
+    eventually(Duration::from_secs(10), "exchange seen down", || {
+        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+    })
+    .await;
+    for n in 0..6 {
+        put(&s3, &bucket, &format!("o{n}"), "x", "text/plain").await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let index = daemon.dir.path().join(format!("state/s3/{bridge}.index"));
+    let indexed = std::fs::read_to_string(&index).unwrap_or_default();
+    assert!(
+        !indexed.contains("\"o0\""),
+        "the cursor does not advance while the exchange is down: {indexed}"
+    );
+    proxy.restore();
+    let received = rabbit
+        .take_exactly(&queue, 6, Duration::from_secs(30))
+        .await;
+    let mut ids: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "log: {}", daemon.log());
+    assert_eq!(keys(&received), ["o0", "o1", "o2", "o3", "o4", "o5"]);
+    eventually(Duration::from_secs(10), "cursor advanced", || {
+        std::fs::read_to_string(&index).is_ok_and(|t| t.contains("\"o5\""))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killed_between_publish_and_confirm_publishes_again_with_the_same_id() {
+    let s3 = client();
+    let bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut daemon = start(
+        &proxy.amqp_url(),
+        &exchange,
+        &bridge_table(&bridge, &bucket, ""),
+    )
+    .await;
+    daemon.wait_ready().await;
+    proxy.drop_replies();
+    put(&s3, &bucket, "report.pdf", "%PDF", "application/pdf").await;
+    let first = rabbit.take(&queue, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        first.len(),
+        1,
+        "published (unconfirmed); log: {}",
+        daemon.log()
+    );
+    daemon.kill();
+    // The proxy's connections die with the daemon; the new ones answer again.
+    proxy.restore();
+    daemon.restart().await;
+    let again = rabbit.take(&queue, 1, Duration::from_secs(20)).await;
+    assert_eq!(again.len(), 1, "published again; log: {}", daemon.log());
+    assert_eq!(again[0].json()["id"], first[0].json()["id"]);
+    assert_eq!(again[0].json()["subject"], "report.pdf");
+}
