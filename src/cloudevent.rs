@@ -324,6 +324,11 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// True when a header carries a binary-mode CloudEvent attribute (any of the prefixes).
+pub fn is_binary_attribute_header(header: &str) -> bool {
+    binary_attribute_name(header).is_some()
+}
+
 /// Strips a binary-mode prefix from a header name, case-insensitively.
 fn binary_attribute_name(header: &str) -> Option<&str> {
     BINARY_HEADER_PREFIXES.iter().find_map(|prefix| {

@@ -37,6 +37,15 @@ pub struct Metadata {
     pub default_type: Option<String>,
 }
 
+/// A transport header's value. Header names compare case-insensitively on every
+/// transport (HTTP, NATS, Kafka and AMQP users spell them differently).
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
+}
+
 /// Why a message cannot become a CloudEvent. The label is the metrics `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
@@ -178,12 +187,7 @@ pub fn normalize_message(
                 headers: meta
                     .headers
                     .iter()
-                    .filter(|(name, _)| {
-                        !cloudevent::BINARY_HEADER_PREFIXES.iter().any(|prefix| {
-                            name.get(..prefix.len())
-                                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-                        })
-                    })
+                    .filter(|(name, _)| !cloudevent::is_binary_attribute_header(name))
                     .cloned()
                     .collect(),
                 content_type: Some("application/json".into()),

@@ -149,11 +149,7 @@ impl Template {
                         .ok_or_else(unresolved)?,
                 ),
                 Part::Header(name) => out.push_str(
-                    input
-                        .headers
-                        .iter()
-                        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-                        .map(|(_, value)| value.as_str())
+                    crate::normalize::find_header(input.headers, name)
                         .filter(|value| !value.is_empty())
                         .ok_or_else(unresolved)?,
                 ),

@@ -1372,12 +1372,9 @@ impl KafkaSource {
 /// The CloudEvent side of a record: id, subject, source, time, headers, partition key.
 fn metadata(record: &Record, cluster: &str, received: DateTime<Utc>) -> Metadata {
     let topic = &*record.topic;
-    let content_type = record
-        .headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.clone())
-        .filter(|value| !value.is_empty());
+    let content_type = crate::normalize::find_header(&record.headers, "content-type")
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned);
     let extensions = match &record.key {
         Some(key) if !key.is_empty() => vec![("partitionkey".to_owned(), key_text(key))],
         _ => Vec::new(),

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{Acker, ConnectContext, Incoming, LagGauge, NoAck, Source, SourceError, TlsOptions};
 use crate::config::{duration, fields};
-use crate::normalize::Metadata;
+use crate::normalize::{Metadata, find_header};
 
 /// Connection keys shared by both NATS kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,13 +254,6 @@ fn headers_of(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> 
     out
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
-}
-
 struct CoreSource {
     subscriber: async_nats::Subscriber,
     server: String,
@@ -297,8 +290,8 @@ impl Source for CoreSource {
         let headers = headers_of(message.headers.as_ref());
         let subject = message.subject.to_string();
         let meta = Metadata {
-            id: header(&headers, "Nats-Msg-Id").map(str::to_owned),
-            content_type: header(&headers, "Content-Type").map(str::to_owned),
+            id: find_header(&headers, "Nats-Msg-Id").map(str::to_owned),
+            content_type: find_header(&headers, "Content-Type").map(str::to_owned),
             source_uri: format!("nats://{}/{}", self.server, subject),
             subject: Some(subject),
             headers,
@@ -419,7 +412,7 @@ impl Source for JetStreamSource {
         let subject = message.subject.to_string();
         let meta = Metadata {
             id: Some(id),
-            content_type: header(&headers, "Content-Type").map(str::to_owned),
+            content_type: find_header(&headers, "Content-Type").map(str::to_owned),
             source_uri: format!("nats://{}/{}", self.server, subject),
             subject: Some(subject),
             headers,
