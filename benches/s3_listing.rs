@@ -116,8 +116,8 @@ async fn run(objects: usize) {
     let context = ConnectContext {
         bridge: "bench".into(),
         max_in_flight: MAX_IN_FLIGHT,
-        lag: Default::default(),
         state_dir: state.path().to_owned(),
+        ..Default::default()
     };
     let mut source = spec.connect(&context).await.unwrap();
 

@@ -17,7 +17,9 @@ use crate::config::BridgeSpec;
 use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
 use crate::metrics::BridgeMetrics;
 use crate::normalize::{Mapping, normalize_message};
-use crate::sources::{ConnectContext, Incoming, LagGauge, Source};
+use crate::sources::{
+    ConnectContext, ExchangeProbe, Incoming, LagGauge, Listeners, Refusals, Source,
+};
 
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
 pub type PublisherSlot = Arc<RwLock<Arc<Publisher>>>;
@@ -90,6 +92,7 @@ struct Shared {
 pub async fn run(
     spec: BridgeSpec,
     publisher: PublisherSlot,
+    listeners: Listeners,
     metrics: Arc<BridgeMetrics>,
     status: Arc<BridgeStatus>,
     stop: CancellationToken,
@@ -106,11 +109,16 @@ pub async fn run(
         let permits = Arc::new(Semaphore::new(spec.max_in_flight));
         let mut tasks = JoinSet::new();
         let mut backoff = Backoff::new(spec.backoff.clone());
+        let exchange = shared.publisher.clone();
         let context = ConnectContext {
             bridge: spec.name.clone(),
             max_in_flight: spec.max_in_flight,
+            max_message_bytes: spec.max_message_bytes,
             lag: LagGauge::new(metrics.clone()),
             state_dir: spec.state_dir.clone(),
+            exchange: ExchangeProbe::new(move || current_publisher(&exchange).is_connected()),
+            refusals: Refusals::new(metrics.clone()),
+            listeners,
         };
         loop {
             let connected = tokio::select! {
@@ -286,20 +294,28 @@ async fn deliver(
     for (index, (outbound, first)) in outbounds.into_iter().zip(first).enumerate() {
         publisher = confirm_one(&message, &shared, publisher, index, outbound, first).await;
     }
-    match &message.normalized {
+    let dead_lettered = match &message.normalized {
         Ok(events) => {
             shared
                 .metrics
                 .published
                 .fetch_add(events.len() as u64, Relaxed);
+            None
         }
-        Err(reject) => shared.metrics.dead_letter(reject.reason),
-    }
+        Err(reject) => {
+            shared.metrics.dead_letter(reject.reason);
+            Some(reject.reason)
+        }
+    };
     shared
         .metrics
         .end_to_end
         .observe(message.received.elapsed());
-    if let Err(error) = message.ack.ack().await {
+    let acked = match dead_lettered {
+        None => message.ack.ack().await,
+        Some(reason) => message.ack.ack_dead_lettered(reason).await,
+    };
+    if let Err(error) = acked {
         tracing::warn!(%error, "ack failed; the source will redeliver (same event id)");
     }
 }

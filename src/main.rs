@@ -81,6 +81,17 @@ enum Command {
         #[arg(long)]
         content_type: Option<String>,
     },
+    /// Print the full URL (token included) a sender posts to for a webhook bridge.
+    #[cfg(feature = "webhook")]
+    WebhookUrl {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The bridge's name.
+        bridge: String,
+    },
+    /// Print a new random token for `path_token`, `bearer_token` or `hmac_secret`.
+    #[cfg(feature = "webhook")]
+    Token,
     /// Print events from the exchange as they arrive, with their routing keys.
     Tail {
         #[arg(short, long)]
@@ -170,6 +181,16 @@ fn main() -> ExitCode {
                 pattern,
                 count,
             } => tail(exchange_config(Some(&config))?, pattern, count).await,
+            #[cfg(feature = "webhook")]
+            Command::WebhookUrl { config, bridge } => webhook_url(config, &bridge),
+            #[cfg(feature = "webhook")]
+            Command::Token => {
+                print_stdout(&format!(
+                    "{}\n",
+                    broker_bridge::sources::webhook::generate_token()
+                ))?;
+                Ok(())
+            }
         }
     });
     match result {
@@ -236,6 +257,23 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     }
     writeln!(out, "ok: {} bridge(s)", config.bridges.len())?;
     print_stdout(&out)?;
+    Ok(())
+}
+
+#[cfg(feature = "webhook")]
+fn webhook_url(path: PathBuf, name: &str) -> anyhow::Result<()> {
+    use broker_bridge::sources::SourceSpec;
+    let config = config::load(&path)?.config;
+    let bridge = config
+        .bridges
+        .iter()
+        .find(|b| b.name == name)
+        .with_context(|| format!("no bridge `{name}` in {}", path.display()))?;
+    let SourceSpec::Webhook(spec) = &bridge.source else {
+        bail!("bridge `{name}` is of kind {}, not webhook", bridge.kind());
+    };
+    let url = broker_bridge::sources::webhook::hook_url(&config.webhook, name, spec);
+    print_stdout(&format!("{url}\n"))?;
     Ok(())
 }
 

@@ -50,12 +50,63 @@ pub struct BridgeMetrics {
     pub restarts: AtomicU64,
     pub source_lag: AtomicI64,
     pub end_to_end: Histogram,
+    /// Webhook requests answered with an error before they became a message.
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// Why a webhook request was refused (`bridge_requests_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: a credential is missing.
+    Unauthorized,
+    /// 403: a credential is wrong.
+    Forbidden,
+    /// 405.
+    MethodNotAllowed,
+    /// 413: larger than `max_message_bytes`.
+    TooLarge,
+    /// 415: not JSON, and the bridge takes no raw bodies.
+    UnsupportedMediaType,
+    /// 503: the exchange is down, the bridge is not running, or its queue stayed full.
+    Unavailable,
+    /// 503: no confirm within `response_timeout`.
+    Timeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::Unauthorized,
+        Refusal::Forbidden,
+        Refusal::MethodNotAllowed,
+        Refusal::TooLarge,
+        Refusal::UnsupportedMediaType,
+        Refusal::Unavailable,
+        Refusal::Timeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Forbidden => "forbidden",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::TooLarge => "too_large",
+            Refusal::UnsupportedMediaType => "unsupported_media_type",
+            Refusal::Unavailable => "unavailable",
+            Refusal::Timeout => "timeout",
+        }
+    }
 }
 
 impl BridgeMetrics {
     pub fn dead_letter(&self, reason: RejectReason) {
         if let Some(index) = RejectReason::ALL.iter().position(|r| *r == reason) {
             self.dead_lettered[index].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn refuse(&self, refusal: Refusal) {
+        if let Some(index) = Refusal::ALL.iter().position(|r| *r == refusal) {
+            self.refused[index].fetch_add(1, Relaxed);
         }
     }
 }
@@ -174,6 +225,22 @@ impl Registry {
                     "bridge_events_dead_lettered_total{{{},reason=\"{reason}\"}} {}",
                     labels(bridge, entry.kind),
                     entry.metrics.dead_lettered[index].load(Relaxed)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "bridge_requests_refused_total",
+            "counter",
+            "Webhook requests answered with an error status, by reason.",
+        );
+        for (bridge, entry) in bridges.iter().filter(|(_, e)| e.kind == "webhook") {
+            for (index, reason) in Refusal::ALL.iter().map(|r| r.label()).enumerate() {
+                let _ = writeln!(
+                    out,
+                    "bridge_requests_refused_total{{{},reason=\"{reason}\"}} {}",
+                    labels(bridge, entry.kind),
+                    entry.metrics.refused[index].load(Relaxed)
                 );
             }
         }
@@ -301,6 +368,17 @@ mod tests {
             "bridge_end_to_end_seconds_bucket{bridge=\"orders\",kind=\"nats\",le=\"0.005\"} 1"
         ));
         assert!(text.contains("reason=\"invalid_json\"} 1"));
+        assert!(!text.contains("bridge_requests_refused_total{"));
+        let hook = registry.bridge("github", "webhook");
+        hook.refuse(Refusal::Forbidden);
+        let text = registry.render();
+        assert!(text.contains(
+            "bridge_requests_refused_total{bridge=\"github\",kind=\"webhook\",reason=\"forbidden\"} 1"
+        ));
+        assert!(text.contains(
+            "bridge_requests_refused_total{bridge=\"github\",kind=\"webhook\",reason=\"timeout\"} 0"
+        ));
+        registry.remove_bridge("github");
         registry.remove_bridge("orders");
         assert!(!registry.render().contains("orders"));
     }

@@ -19,6 +19,7 @@ use crate::bridge::{self, BridgeStatus, PublisherSlot, current_publisher};
 use crate::config::{self, BridgeSpec, Config};
 use crate::exchange::Publisher;
 use crate::metrics::{BridgeMetrics, Registry};
+use crate::sources::Listeners;
 
 /// How long file events are collected into one reload (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -58,6 +59,7 @@ pub struct Supervisor {
     path: PathBuf,
     config: Config,
     shared: Arc<Shared>,
+    listeners: Listeners,
     running: BTreeMap<String, Running>,
 }
 
@@ -82,6 +84,7 @@ impl Supervisor {
             path: path.to_owned(),
             config: config.clone(),
             shared,
+            listeners: Listeners::new(&config),
             running: BTreeMap::new(),
         };
         for spec in config.bridges {
@@ -101,6 +104,7 @@ impl Supervisor {
         let task = tokio::spawn(bridge::run(
             spec.clone(),
             self.shared.publisher.clone(),
+            self.listeners.clone(),
             metrics.clone(),
             status.clone(),
             stop.clone(),
@@ -182,6 +186,9 @@ impl Supervisor {
         if new.admin != self.config.admin {
             tracing::warn!("[admin] listen changed: it takes effect after a restart");
         }
+        if new.webhook != self.config.webhook {
+            tracing::warn!("[webhook] changed: it takes effect after a restart");
+        }
         let wanted: BTreeMap<&str, &BridgeSpec> =
             new.bridges.iter().map(|b| (b.name.as_str(), b)).collect();
         let mut to_stop = Vec::new();
@@ -223,6 +230,7 @@ impl Supervisor {
                 self.shared.registry.remove_bridge(name);
             }
         }
+        self.listeners.retain(&new.bridges);
         for spec in to_start {
             if let Some(metrics) = self
                 .shared

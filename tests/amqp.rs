@@ -498,8 +498,7 @@ async fn ack_handles_outlive_their_source() {
     let context = ConnectContext {
         bridge: "direct".into(),
         max_in_flight: 2,
-        lag: Default::default(),
-        state_dir: Default::default(),
+        ..Default::default()
     };
     let mut consumer = amqp::connect(&spec, &context).await.unwrap();
     let first = consumer.next().await.unwrap();

@@ -14,7 +14,7 @@ use crate::template::Template;
 
 /// Keys that may be given as `<key>_file`: a path whose contents (trailing newline
 /// removed) become the value. Keeps secrets out of the config file.
-pub const SECRET_KEYS: [&str; 7] = [
+pub const SECRET_KEYS: [&str; 10] = [
     "url",
     "password",
     "token",
@@ -22,6 +22,9 @@ pub const SECRET_KEYS: [&str; 7] = [
     "access_key_id",
     "secret_access_key",
     "session_token",
+    "path_token",
+    "bearer_token",
+    "hmac_secret",
 ];
 
 /// Prefix of environment overrides: `BROKER_BRIDGE__EXCHANGE__URL` sets `exchange.url`.
@@ -190,6 +193,7 @@ pub fn apply_env_overrides(
     let defaults = serde_json::json!({
         "exchange": super::ExchangeConfig::default(),
         "admin": super::AdminConfig::default(),
+        "webhook": super::WebhookConfig::default(),
         "defaults": super::Defaults::default(),
     });
     let prefix = format!("{ENV_PREFIX}__");
@@ -205,7 +209,7 @@ pub fn apply_env_overrides(
         };
         if path.iter().any(String::is_empty) || defaults.get(&path[0]).is_none() {
             return Err(error(
-                "overrides name a key of [exchange], [admin] or [defaults], e.g. BROKER_BRIDGE__EXCHANGE__URL".into(),
+                "overrides name a key of [exchange], [admin], [webhook] or [defaults], e.g. BROKER_BRIDGE__EXCHANGE__URL".into(),
             ));
         }
         let pointer = format!("/{}", path.join("/"));
@@ -480,9 +484,20 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
         }
         bridges.push(spec);
     }
+    sources::check_bridges(&bridges)
+        .map_err(|(bridge, message)| ConfigError::Bridge { bridge, message })?;
+    if let Some(url) = &top.webhook.public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ConfigError::Key {
+            key: "webhook.public_url".into(),
+            message: format!("`{url}` must be an http:// or https:// URL"),
+        });
+    }
     Ok(Config {
         exchange,
         admin: top.admin,
+        webhook: top.webhook,
         defaults: top.defaults,
         bridges,
     })

@@ -20,6 +20,7 @@ pub use load::{ConfigError, Loaded, load};
 pub struct Config {
     pub exchange: ExchangeConfig,
     pub admin: AdminConfig,
+    pub webhook: WebhookConfig,
     pub defaults: Defaults,
     pub bridges: Vec<BridgeSpec>,
 }
@@ -35,6 +36,8 @@ pub(crate) struct TopLevel {
     pub exchange: ExchangeConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub webhook: WebhookConfig,
     #[serde(default)]
     pub defaults: Defaults,
     #[serde(default)]
@@ -97,6 +100,26 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9180".parse().expect("valid address"),
+        }
+    }
+}
+
+/// `[webhook]`: the HTTP listener every `kind = "webhook"` bridge shares (not the admin
+/// listener). Bound when the first webhook bridge starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    /// The base URL senders use, e.g. `https://hooks.example.com` behind a TLS proxy.
+    /// `webhook-url` prints it, and events carry it in their `source`.
+    pub public_url: Option<String>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9181".parse().expect("valid address"),
+            public_url: None,
         }
     }
 }
@@ -245,6 +268,7 @@ mod tests {
             names::<TopLevel>(),
             names::<ExchangeConfig>(),
             names::<AdminConfig>(),
+            names::<WebhookConfig>(),
             names::<Defaults>(),
             names::<BackoffConfig>(),
             names::<CommonKeys>(),

@@ -12,6 +12,8 @@ pub mod mqtt;
 pub mod nats;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,6 +36,17 @@ pub struct Incoming {
 #[async_trait]
 pub trait Acker: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), SourceError>;
+
+    /// Acknowledges a message that was dead-lettered instead of published (its
+    /// dead-letter copy is confirmed). A source that answers its sender (webhook) says
+    /// so; the others ack as usual.
+    async fn ack_dead_lettered(
+        self: Box<Self>,
+        reason: crate::normalize::RejectReason,
+    ) -> Result<(), SourceError> {
+        let _ = reason;
+        self.ack().await
+    }
 }
 
 /// For sources without acknowledgements (core NATS: at-most-once).
@@ -79,6 +92,8 @@ pub enum SourceSpec {
     Kafka(kafka::KafkaSpec),
     #[cfg(feature = "s3")]
     S3(s3::S3Spec),
+    #[cfg(feature = "webhook")]
+    Webhook(webhook::WebhookSpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -95,6 +110,8 @@ pub const KINDS: &[&str] = &[
     "kafka",
     #[cfg(feature = "s3")]
     "s3",
+    #[cfg(feature = "webhook")]
+    "webhook",
 ];
 
 impl SourceSpec {
@@ -112,6 +129,8 @@ impl SourceSpec {
             SourceSpec::Kafka(_) => "kafka",
             #[cfg(feature = "s3")]
             SourceSpec::S3(_) => "s3",
+            #[cfg(feature = "webhook")]
+            SourceSpec::Webhook(_) => "webhook",
         }
     }
 
@@ -130,6 +149,8 @@ impl SourceSpec {
             SourceSpec::Kafka(spec) => spec.describe(),
             #[cfg(feature = "s3")]
             SourceSpec::S3(spec) => spec.describe(),
+            #[cfg(feature = "webhook")]
+            SourceSpec::Webhook(spec) => spec.describe(),
         }
     }
 
@@ -160,8 +181,18 @@ impl SourceSpec {
             SourceSpec::Kafka(spec) => kafka::connect(spec, context).await,
             #[cfg(feature = "s3")]
             SourceSpec::S3(spec) => s3::connect(spec, context).await,
+            #[cfg(feature = "webhook")]
+            SourceSpec::Webhook(spec) => webhook::connect(spec, context).await,
         }
     }
+}
+
+/// Checks across bridges: `Err((bridge, message))` names the bridge at fault.
+pub fn check_bridges(bridges: &[BridgeSpec]) -> Result<(), (String, String)> {
+    #[cfg(feature = "webhook")]
+    webhook::check_paths(bridges)?;
+    let _ = bridges;
+    Ok(())
 }
 
 /// Reads the kind-specific keys (everything but the common bridge keys).
@@ -179,6 +210,8 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
         "kafka" => kafka::KafkaSpec::parse(table).map(SourceSpec::Kafka),
         #[cfg(feature = "s3")]
         "s3" => s3::S3Spec::parse(table).map(SourceSpec::S3),
+        #[cfg(feature = "webhook")]
+        "webhook" => webhook::WebhookSpec::parse(table).map(SourceSpec::Webhook),
         other => Err(format!(
             "key `kind`: unknown kind `{other}` (this build knows: {})",
             KINDS.join(", ")
@@ -200,6 +233,8 @@ pub fn accepted_keys() -> Vec<&'static str> {
     keys.extend(kafka::accepted_keys());
     #[cfg(feature = "s3")]
     keys.extend(s3::accepted_keys());
+    #[cfg(feature = "webhook")]
+    keys.extend(webhook::accepted_keys());
     keys
 }
 
@@ -218,15 +253,92 @@ pub struct TlsOptions {
 }
 
 /// What a source needs to know about its bridge when it connects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectContext {
     pub bridge: String,
     pub max_in_flight: usize,
+    pub max_message_bytes: usize,
     /// `bridge_source_lag`: a source that can tell how far behind it is (JetStream
     /// pending, Kafka consumer lag) sets it whenever it learns, also while idle.
     pub lag: LagGauge,
     /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`).
     pub state_dir: std::path::PathBuf,
+    /// Whether the exchange is connected right now.
+    pub exchange: ExchangeProbe,
+    /// `bridge_requests_refused_total`.
+    pub refusals: Refusals,
+    pub listeners: Listeners,
+}
+
+/// Process-wide listeners that sources register with, shared by every bridge.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    /// The HTTP listener of the webhook bridges (`[webhook]`).
+    #[cfg(feature = "webhook")]
+    pub webhook: Option<std::sync::Arc<webhook::Hub>>,
+}
+
+impl Listeners {
+    /// The listeners of a config (each binds when a bridge first needs it).
+    pub fn new(config: &crate::config::Config) -> Self {
+        let _ = config;
+        Listeners {
+            #[cfg(feature = "webhook")]
+            webhook: Some(webhook::Hub::new(config.webhook.clone())),
+        }
+    }
+
+    /// Forgets what bridges no longer configured registered.
+    pub fn retain(&self, bridges: &[BridgeSpec]) {
+        let _ = bridges;
+        #[cfg(feature = "webhook")]
+        if let Some(hub) = &self.webhook {
+            hub.retain(bridges);
+        }
+    }
+}
+
+/// Tells whether the exchange is connected right now. A source that answers senders
+/// itself (webhook) refuses work while it is not; the default reports it up.
+#[derive(Clone, Default)]
+pub struct ExchangeProbe(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl ExchangeProbe {
+    pub fn new(is_up: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        ExchangeProbe(Some(std::sync::Arc::new(is_up)))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.0.as_ref().is_none_or(|is_up| is_up())
+    }
+}
+
+impl std::fmt::Debug for ExchangeProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangeProbe")
+    }
+}
+
+/// The bridge's `bridge_requests_refused_total` counters; the default counts nowhere.
+#[derive(Clone, Default)]
+pub struct Refusals(Option<std::sync::Arc<crate::metrics::BridgeMetrics>>);
+
+impl Refusals {
+    pub fn new(metrics: std::sync::Arc<crate::metrics::BridgeMetrics>) -> Self {
+        Refusals(Some(metrics))
+    }
+
+    pub fn count(&self, refusal: crate::metrics::Refusal) {
+        if let Some(metrics) = &self.0 {
+            metrics.refuse(refusal);
+        }
+    }
+}
+
+impl std::fmt::Debug for Refusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refusals")
+    }
 }
 
 /// The bridge's `bridge_source_lag` gauge, as a source reports to it; the default

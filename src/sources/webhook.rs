@@ -1,0 +1,947 @@
+//! `kind = "webhook"`: HTTP requests on the shared `[webhook] listen` listener, each
+//! bridge on its own path.
+//!
+//! # Delivery
+//!
+//! A request is answered only when its fate is known: 200 after the exchange confirmed
+//! the event, 400 after it confirmed the dead-letter copy of a body that cannot become
+//! an event, 503 with `Retry-After` while the exchange is down, while the bridge is not
+//! running, when the bridge's queue stays full, or when no confirm came within
+//! `response_timeout`. A 2xx is never sent for an event that was not published.
+//!
+//! A request whose sender has stopped waiting (timed out, disconnected) before the
+//! bridge took it is not published: the sender was told 503 and sends it again. Once
+//! taken, it is published even if the sender leaves (at-least-once); with `id_header`
+//! the copy the sender sends again has the same event id.
+//!
+//! # Authentication
+//!
+//! Any combination of a token as the last path segment (`/hooks/github/<token>`, a URL
+//! that can be pasted into GitHub, GitLab, Docker Hub or CircleCI), a bearer token, and
+//! an HMAC-SHA256 signature of the raw body in a header (GitHub's `X-Hub-Signature-256:
+//! sha256=<hex>`). Every configured check must pass. Secrets are compared in constant
+//! time. A missing credential is 401, a wrong one 403; neither says which check failed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Acker, ConnectContext, ExchangeProbe, Incoming, Refusals, Source, SourceError};
+use crate::cloudevent::is_json_content_type;
+use crate::config::{BridgeSpec, WebhookConfig, duration, fields};
+use crate::metrics::Refusal;
+use crate::normalize::{Metadata, RejectReason, find_header};
+
+/// The CloudEvent type when the bridge sets no `type`.
+pub const DEFAULT_TYPE: &str = "broker_bridge.webhook.request";
+/// Seconds a sender is asked to wait before trying again (`Retry-After`).
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// `kind = "webhook"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// URL path of the hook; default `/hooks/<bridge name>`.
+    pub path: Option<String>,
+    /// Methods that deliver an event (default POST). GET and HEAD that do not deliver
+    /// are health probes: 200 when the bridge exists.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// A secret appended to the path as its last segment.
+    pub path_token: Option<String>,
+    /// A secret the sender sends as `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// The key of an HMAC-SHA256 signature over the raw body.
+    pub hmac_secret: Option<String>,
+    /// Header carrying the signature.
+    #[serde(default = "default_hmac_header")]
+    pub hmac_header: String,
+    /// Text before the hex signature in that header.
+    #[serde(default = "default_hmac_prefix")]
+    pub hmac_prefix: String,
+    /// Accept requests without any of the checks above (for hooks behind a proxy that
+    /// authenticates).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Header whose value becomes the event id (a delivery id such as
+    /// `X-GitHub-Delivery`); without it, or when absent, a UUIDv7.
+    pub id_header: Option<String>,
+    /// Accept bodies that are not JSON (they travel as `data_base64` with their content
+    /// type); without it they are answered 415.
+    #[serde(default)]
+    pub raw_bodies: bool,
+    /// How long a request waits for the exchange's confirm before it is answered 503.
+    #[serde(default = "default_response_timeout", with = "duration")]
+    pub response_timeout: Duration,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["POST".into()]
+}
+fn default_hmac_header() -> String {
+    "X-Hub-Signature-256".into()
+}
+fn default_hmac_prefix() -> String {
+    "sha256=".into()
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(8)
+}
+
+impl WebhookSpec {
+    pub fn parse(table: Map<String, Value>) -> Result<Self, String> {
+        fields::reject_unknown(&table, fields::names::<WebhookSpec>(), "kind `webhook`")?;
+        let mut spec: WebhookSpec = fields::parse(Value::Object(table))?;
+        if let Some(path) = &spec.path {
+            check_path(path).map_err(|message| format!("key `path`: {message}"))?;
+        }
+        if spec.methods.is_empty() {
+            return Err("key `methods`: name at least one HTTP method".into());
+        }
+        for method in &mut spec.methods {
+            *method = method.to_ascii_uppercase();
+            if Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(format!("key `methods`: `{method}` is not an HTTP method"));
+            }
+        }
+        for (key, secret) in [
+            ("path_token", &spec.path_token),
+            ("bearer_token", &spec.bearer_token),
+            ("hmac_secret", &spec.hmac_secret),
+        ] {
+            if secret.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("key `{key}`: must not be empty"));
+            }
+        }
+        if let Some(token) = &spec.path_token
+            && !token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+        {
+            return Err(
+                "key `path_token`: use only A-Z a-z 0-9 - _ . ~ (it is a URL path segment; `broker-bridge token` makes one)"
+                    .into(),
+            );
+        }
+        if spec.hmac_header.is_empty() || header::HeaderName::try_from(&spec.hmac_header).is_err() {
+            return Err(format!(
+                "key `hmac_header`: `{}` is not a header name",
+                spec.hmac_header
+            ));
+        }
+        if let Some(name) = &spec.id_header
+            && header::HeaderName::try_from(name).is_err()
+        {
+            return Err(format!("key `id_header`: `{name}` is not a header name"));
+        }
+        let authenticated =
+            spec.path_token.is_some() || spec.bearer_token.is_some() || spec.hmac_secret.is_some();
+        if !authenticated && !spec.allow_unauthenticated {
+            return Err(
+                "set `path_token`, `bearer_token` or `hmac_secret` (or `allow_unauthenticated = true` behind a proxy that authenticates)"
+                    .into(),
+            );
+        }
+        if spec.response_timeout.is_zero() {
+            return Err("key `response_timeout`: must be more than 0".into());
+        }
+        Ok(spec)
+    }
+
+    /// The path of the hook without its token.
+    pub fn hook_path(&self, bridge: &str) -> String {
+        self.path
+            .clone()
+            .unwrap_or_else(|| format!("/hooks/{bridge}"))
+    }
+
+    pub fn describe(&self) -> String {
+        let mut checks = Vec::new();
+        if self.path_token.is_some() {
+            checks.push("path token".to_owned());
+        }
+        if self.bearer_token.is_some() {
+            checks.push("bearer token".to_owned());
+        }
+        if self.hmac_secret.is_some() {
+            checks.push(format!("HMAC-SHA256 in {}", self.hmac_header));
+        }
+        if checks.is_empty() {
+            checks.push("no authentication".to_owned());
+        }
+        format!(
+            "{} {}{} ({}); at-least-once: answered 200 only after the exchange confirmed",
+            self.methods.join("|"),
+            self.path.as_deref().unwrap_or("/hooks/<name>"),
+            if self.path_token.is_some() {
+                "/<token>"
+            } else {
+                ""
+            },
+            checks.join(", ")
+        )
+    }
+}
+
+pub(super) fn accepted_keys() -> Vec<&'static str> {
+    fields::names::<WebhookSpec>().to_vec()
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!("`{path}` must start with `/` and name something"));
+    }
+    if path.ends_with('/') || path.contains("//") {
+        return Err(format!("`{path}` must not end with `/` or hold `//`"));
+    }
+    if !path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/-_.~".contains(c))
+    {
+        return Err(format!("`{path}`: use only A-Z a-z 0-9 / - _ . ~"));
+    }
+    Ok(())
+}
+
+/// Refuses configs in which two webhook bridges could answer the same URL.
+pub fn check_paths(bridges: &[BridgeSpec]) -> Result<(), (String, String)> {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for bridge in bridges {
+        let super::SourceSpec::Webhook(spec) = &bridge.source else {
+            continue;
+        };
+        let path = spec.hook_path(&bridge.name);
+        for (other_path, other) in &seen {
+            let nested = |a: &str, b: &str| a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
+            if *other_path == path || nested(&path, other_path) || nested(other_path, &path) {
+                return Err((
+                    bridge.name.clone(),
+                    format!("key `path`: `{path}` overlaps `{other_path}` of bridge `{other}`"),
+                ));
+            }
+        }
+        seen.push((path, &bridge.name));
+    }
+    Ok(())
+}
+
+/// The URL senders reach the listener at: `public_url`, else one made from `listen`.
+pub fn base_url(config: &WebhookConfig) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = if config.listen.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        match config.listen.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("http://{host}:{}", config.listen.port())
+}
+
+/// The full URL of a bridge's hook, token included.
+pub fn hook_url(config: &WebhookConfig, bridge: &str, spec: &WebhookSpec) -> String {
+    let mut url = format!("{}{}", base_url(config), spec.hook_path(bridge));
+    if let Some(token) = &spec.path_token {
+        url.push('/');
+        url.push_str(token);
+    }
+    url
+}
+
+/// A random secret for `path_token`, `bearer_token` or `hmac_secret`: 32 bytes from the
+/// OS generator, URL-safe base64 (43 characters).
+pub fn generate_token() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The listener all webhook bridges share, and the routes the running bridges registered.
+pub struct Hub {
+    config: WebhookConfig,
+    routes: RwLock<HashMap<String, Arc<Route>>>,
+    bound: tokio::sync::Mutex<Option<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("listen", &self.config.listen)
+            .finish()
+    }
+}
+
+impl Hub {
+    pub fn new(config: WebhookConfig) -> Arc<Hub> {
+        Arc::new(Hub {
+            config,
+            routes: RwLock::default(),
+            bound: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &WebhookConfig {
+        &self.config
+    }
+
+    /// Binds the listener on first use; the address it is bound to.
+    async fn listening(self: &Arc<Self>) -> std::io::Result<SocketAddr> {
+        let mut bound = self.bound.lock().await;
+        if let Some(address) = *bound {
+            return Ok(address);
+        }
+        let listener = tokio::net::TcpListener::bind(self.config.listen).await?;
+        let address = listener.local_addr()?;
+        let router = axum::Router::new()
+            .fallback(answer)
+            .with_state(self.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "webhook listener failed");
+            }
+        });
+        tracing::info!(%address, "webhook listener up");
+        *bound = Some(address);
+        Ok(address)
+    }
+
+    fn register(&self, path: String, route: Route) {
+        self.routes
+            .write()
+            .expect("routes lock")
+            .insert(path, Arc::new(route));
+    }
+
+    /// Forgets the routes of bridges no longer configured. A configured bridge that is
+    /// between runs (restarting after a reload) keeps its route, answering 503.
+    pub fn retain(&self, bridges: &[BridgeSpec]) {
+        let wanted: HashSet<String> = bridges
+            .iter()
+            .filter_map(|bridge| match &bridge.source {
+                super::SourceSpec::Webhook(spec) => Some(spec.hook_path(&bridge.name)),
+                _ => None,
+            })
+            .collect();
+        self.routes
+            .write()
+            .expect("routes lock")
+            .retain(|path, _| wanted.contains(path));
+    }
+
+    /// The route answering `path`, and the token segment when the route has one.
+    fn lookup<'p>(&self, path: &'p str) -> Option<(Arc<Route>, Option<&'p str>)> {
+        let routes = self.routes.read().expect("routes lock");
+        if let Some(route) = routes.get(path) {
+            return Some((route.clone(), None));
+        }
+        let (base, last) = path.rsplit_once('/')?;
+        let route = routes.get(base)?;
+        route
+            .path_token
+            .is_some()
+            .then(|| (route.clone(), Some(last)))
+    }
+}
+
+/// What the listener knows of one running (or restarting) webhook bridge.
+struct Route {
+    methods: Vec<Method>,
+    path_token: Option<Vec<u8>>,
+    bearer_token: Option<Vec<u8>>,
+    hmac: Option<(Vec<u8>, String, String)>,
+    id_header: Option<String>,
+    raw_bodies: bool,
+    max_body: usize,
+    response_timeout: Duration,
+    source_uri: String,
+    requests: mpsc::Sender<Pending>,
+    exchange: ExchangeProbe,
+    refusals: Refusals,
+}
+
+impl Route {
+    fn refuse(&self, refusal: Refusal) -> Response {
+        self.refusals.count(refusal);
+        let status = match refusal {
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::Unavailable | Refusal::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut response = plain(status);
+        let headers = response.headers_mut();
+        match refusal {
+            Refusal::Unavailable | Refusal::Timeout => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            Refusal::Unauthorized if self.bearer_token.is_some() => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::MethodNotAllowed => {
+                let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+                if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                    headers.insert(header::ALLOW, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// Checks the token in the URL: all a health probe needs.
+    fn authorize_path(&self, token_segment: Option<&str>) -> Option<Refusal> {
+        let expected = self.path_token.as_ref()?;
+        match token_segment {
+            None => Some(Refusal::Unauthorized),
+            Some(given) if !bool::from(given.as_bytes().ct_eq(expected)) => {
+                Some(Refusal::Forbidden)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Checks the bearer token.
+    fn authorize_bearer(&self, headers: &HeaderMap) -> Option<Refusal> {
+        if let Some(expected) = &self.bearer_token {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
+            match given {
+                None => return Some(Refusal::Unauthorized),
+                Some(given) if !bool::from(given.as_bytes().ct_eq(expected)) => {
+                    return Some(Refusal::Forbidden);
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Checks the body's signature.
+    fn authorize_body(&self, headers: &HeaderMap, body: &[u8]) -> Option<Refusal> {
+        let (key, name, prefix) = self.hmac.as_ref()?;
+        let Some(given) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
+            return Some(Refusal::Unauthorized);
+        };
+        let signature = given
+            .trim()
+            .strip_prefix(prefix.as_str())
+            .and_then(|hex_text| hex::decode(hex_text).ok());
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(body);
+        match signature {
+            Some(signature) if mac.verify_slice(&signature).is_ok() => None,
+            _ => Some(Refusal::Forbidden),
+        }
+    }
+
+    /// JSON bodies, CloudEvents in binary mode, and anything when `raw_bodies` is set.
+    fn accepts(&self, headers: &HeaderMap) -> bool {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok());
+        if content_type.is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(BATCH_CONTENT_TYPE))
+        }) {
+            return false;
+        }
+        self.raw_bodies
+            || headers.contains_key("ce-specversion")
+            || content_type.is_some_and(is_json_content_type)
+    }
+
+    fn metadata(&self, headers: &HeaderMap) -> Metadata {
+        let hidden = |name: &str| {
+            name.eq_ignore_ascii_case(header::AUTHORIZATION.as_str())
+                || name.eq_ignore_ascii_case(header::COOKIE.as_str())
+                || name.eq_ignore_ascii_case(header::PROXY_AUTHORIZATION.as_str())
+                || self
+                    .hmac
+                    .as_ref()
+                    .is_some_and(|(_, signature, _)| name.eq_ignore_ascii_case(signature))
+        };
+        // Secrets stay out of templates, so no `{header:Authorization}` can route on one.
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(name, _)| !hidden(name.as_str()))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        Metadata {
+            id: self
+                .id_header
+                .as_deref()
+                .and_then(|name| find_header(&headers, name))
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned),
+            content_type: find_header(&headers, header::CONTENT_TYPE.as_str()).map(str::to_owned),
+            source_uri: self.source_uri.clone(),
+            default_type: Some(DEFAULT_TYPE.to_owned()),
+            received: chrono::Utc::now(),
+            headers,
+            ..Default::default()
+        }
+    }
+}
+
+/// Batches would need one event per entry; senders can post them one by one.
+const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+fn plain(status: StatusCode) -> Response {
+    let text = status.canonical_reason().unwrap_or("").to_ascii_lowercase();
+    (status, format!("{text}\n")).into_response()
+}
+
+/// A request waiting for its bridge.
+struct Pending {
+    payload: Bytes,
+    meta: Metadata,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// How the bridge settled a request.
+#[derive(Debug)]
+enum Outcome {
+    Published,
+    DeadLettered(RejectReason),
+}
+
+/// The listener's one handler: finds the route by path, then checks the request.
+async fn answer(
+    State(hub): State<Arc<Hub>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some((route, token_segment)) = hub.lookup(uri.path()) else {
+        return plain(StatusCode::NOT_FOUND);
+    };
+    if let Some(refusal) = route.authorize_path(token_segment) {
+        return route.refuse(refusal);
+    }
+    if !route.methods.contains(&method) {
+        if method == Method::GET || method == Method::HEAD {
+            return plain(StatusCode::OK);
+        }
+        return route.refuse(Refusal::MethodNotAllowed);
+    }
+    if let Some(refusal) = route.authorize_bearer(&headers) {
+        return route.refuse(refusal);
+    }
+    if route.requests.is_closed() || !route.exchange.is_up() {
+        return route.refuse(Refusal::Unavailable);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > route.max_body as u64) {
+        return route.refuse(Refusal::TooLarge);
+    }
+    let Ok(payload) = axum::body::to_bytes(body, route.max_body).await else {
+        return route.refuse(Refusal::TooLarge);
+    };
+    if let Some(refusal) = route.authorize_body(&headers, &payload) {
+        return route.refuse(refusal);
+    }
+    if !route.accepts(&headers) {
+        return route.refuse(Refusal::UnsupportedMediaType);
+    }
+    let deadline = tokio::time::Instant::now() + route.response_timeout;
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, route.requests.reserve()).await else {
+        return route.refuse(Refusal::Unavailable);
+    };
+    let (reply, outcome) = oneshot::channel();
+    slot.send(Pending {
+        payload,
+        meta: route.metadata(&headers),
+        reply,
+    });
+    match tokio::time::timeout_at(deadline, outcome).await {
+        Ok(Ok(Outcome::Published)) => plain(StatusCode::OK),
+        Ok(Ok(Outcome::DeadLettered(reason))) => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "rejected ({}); kept on the dead-letter route\n",
+                reason.label()
+            ),
+        )
+            .into_response(),
+        // The bridge stopped before taking it, or no confirm in time.
+        Ok(Err(_)) => route.refuse(Refusal::Unavailable),
+        Err(_) => route.refuse(Refusal::Timeout),
+    }
+}
+
+/// Registers the bridge's route (binding the listener on first use).
+pub(super) async fn connect(
+    spec: &WebhookSpec,
+    context: &ConnectContext,
+) -> Result<Box<dyn Source>, SourceError> {
+    let hub = context
+        .listeners
+        .webhook
+        .clone()
+        .ok_or_else(|| SourceError::Connect("no webhook listener in this process".into()))?;
+    hub.listening().await.map_err(|error| {
+        SourceError::Connect(format!(
+            "cannot listen on {} ([webhook] listen): {error}",
+            hub.config.listen
+        ))
+    })?;
+    let path = spec.hook_path(&context.bridge);
+    let (sender, requests) = mpsc::channel(context.max_in_flight);
+    let methods = spec
+        .methods
+        .iter()
+        .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+        .collect();
+    let route = Route {
+        methods,
+        path_token: spec.path_token.as_ref().map(|t| t.as_bytes().to_vec()),
+        bearer_token: spec.bearer_token.as_ref().map(|t| t.as_bytes().to_vec()),
+        hmac: spec.hmac_secret.as_ref().map(|secret| {
+            (
+                secret.as_bytes().to_vec(),
+                spec.hmac_header.clone(),
+                spec.hmac_prefix.clone(),
+            )
+        }),
+        id_header: spec.id_header.clone(),
+        raw_bodies: spec.raw_bodies,
+        max_body: context.max_message_bytes,
+        response_timeout: spec.response_timeout,
+        source_uri: format!("{}{path}", base_url(&hub.config)),
+        requests: sender,
+        exchange: context.exchange.clone(),
+        refusals: context.refusals.clone(),
+    };
+    hub.register(path, route);
+    Ok(Box::new(WebhookSource { requests }))
+}
+
+struct WebhookSource {
+    requests: mpsc::Receiver<Pending>,
+}
+
+#[async_trait]
+impl Source for WebhookSource {
+    async fn next(&mut self) -> Result<Incoming, SourceError> {
+        loop {
+            let pending = self.requests.recv().await.ok_or_else(|| {
+                SourceError::Subscription("the webhook route was replaced".into())
+            })?;
+            // Its sender already got 503 (or left) and will send it again.
+            if pending.reply.is_closed() {
+                continue;
+            }
+            return Ok(Incoming {
+                payload: pending.payload,
+                meta: pending.meta,
+                ack: Box::new(Reply(pending.reply)),
+            });
+        }
+    }
+}
+
+/// Answers the waiting request.
+struct Reply(oneshot::Sender<Outcome>);
+
+#[async_trait]
+impl Acker for Reply {
+    async fn ack(self: Box<Self>) -> Result<(), SourceError> {
+        // A sender that stopped waiting is no error: the event is published.
+        let _ = self.0.send(Outcome::Published);
+        Ok(())
+    }
+
+    async fn ack_dead_lettered(self: Box<Self>, reason: RejectReason) -> Result<(), SourceError> {
+        let _ = self.0.send(Outcome::DeadLettered(reason));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WebhookSpec, String> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let value = serde_json::to_value(table).unwrap();
+        WebhookSpec::parse(value.as_object().unwrap().clone())
+    }
+
+    fn route(spec: &WebhookSpec) -> Route {
+        let (requests, _) = mpsc::channel(1);
+        Route {
+            methods: vec![Method::POST],
+            path_token: spec.path_token.as_ref().map(|t| t.as_bytes().to_vec()),
+            bearer_token: spec.bearer_token.as_ref().map(|t| t.as_bytes().to_vec()),
+            hmac: spec.hmac_secret.as_ref().map(|s| {
+                (
+                    s.as_bytes().to_vec(),
+                    spec.hmac_header.clone(),
+                    spec.hmac_prefix.clone(),
+                )
+            }),
+            id_header: spec.id_header.clone(),
+            raw_bodies: spec.raw_bodies,
+            max_body: 1024,
+            response_timeout: spec.response_timeout,
+            source_uri: "http://hooks.example/hooks/x".into(),
+            requests,
+            exchange: ExchangeProbe::default(),
+            refusals: Refusals::default(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn sign(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn a_bridge_without_authentication_is_refused_unless_allowed() {
+        let error = parse("").unwrap_err();
+        assert!(error.contains("path_token"), "{error}");
+        assert!(parse("allow_unauthenticated = true").is_ok());
+    }
+
+    #[test]
+    fn config_mistakes_name_the_key() {
+        for (text, key) in [
+            ("path = \"hooks\"\nbearer_token = \"t\"", "path"),
+            ("path = \"/a/\"\nbearer_token = \"t\"", "path"),
+            ("methods = []\nbearer_token = \"t\"", "methods"),
+            ("methods = [\"PO ST\"]\nbearer_token = \"t\"", "methods"),
+            ("path_token = \"a/b\"", "path_token"),
+            ("bearer_token = \"\"", "bearer_token"),
+            (
+                "hmac_secret = \"s\"\nhmac_header = \"bad header\"",
+                "hmac_header",
+            ),
+            (
+                "bearer_token = \"t\"\nresponse_timeout = \"0s\"",
+                "response_timeout",
+            ),
+            ("bearer_token = \"t\"\nsecret = \"x\"", "secret"),
+        ] {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains(&format!("`{key}`")), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn methods_are_upper_case() {
+        let spec = parse("methods = [\"post\", \"put\"]\nbearer_token = \"t\"").unwrap();
+        assert_eq!(spec.methods, ["POST", "PUT"]);
+    }
+
+    #[test]
+    fn path_token_checks() {
+        let spec = parse("path_token = \"s3cr3t\"").unwrap();
+        let route = route(&spec);
+        let none = HeaderMap::new();
+        assert_eq!(route.authorize_path(None), Some(Refusal::Unauthorized));
+        assert_eq!(
+            route.authorize_path(Some("s3cr3")),
+            Some(Refusal::Forbidden)
+        );
+        assert_eq!(route.authorize_path(Some("s3cr3t")), None);
+        assert_eq!(
+            route.authorize_bearer(&none),
+            None,
+            "no bearer token configured"
+        );
+    }
+
+    #[test]
+    fn bearer_token_checks() {
+        let spec = parse("bearer_token = \"abc\"").unwrap();
+        let route = route(&spec);
+        assert_eq!(
+            route.authorize_bearer(&HeaderMap::new()),
+            Some(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            route.authorize_bearer(&headers(&[("authorization", "Basic abc")])),
+            Some(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            route.authorize_bearer(&headers(&[("authorization", "Bearer abd")])),
+            Some(Refusal::Forbidden)
+        );
+        assert_eq!(
+            route.authorize_bearer(&headers(&[("authorization", "bearer abc")])),
+            None
+        );
+    }
+
+    #[test]
+    fn hmac_signature_checks() {
+        let spec = parse("hmac_secret = \"It's a Secret to Everybody\"").unwrap();
+        let route = route(&spec);
+        let body = b"Hello, World!";
+        // GitHub's documented example of X-Hub-Signature-256.
+        let github = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(sign("It's a Secret to Everybody", body), github);
+        assert_eq!(
+            route.authorize_body(&headers(&[("x-hub-signature-256", github)]), body),
+            None
+        );
+        assert_eq!(
+            route.authorize_body(
+                &headers(&[("x-hub-signature-256", github)]),
+                b"Hello, World?"
+            ),
+            Some(Refusal::Forbidden)
+        );
+        assert_eq!(
+            route.authorize_body(&headers(&[("x-hub-signature-256", "sha1=00")]), body),
+            Some(Refusal::Forbidden)
+        );
+        assert_eq!(
+            route.authorize_body(&HeaderMap::new(), body),
+            Some(Refusal::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn hmac_header_and_prefix_are_configurable() {
+        let spec = parse("hmac_secret = \"k\"\nhmac_header = \"X-Signature\"\nhmac_prefix = \"\"")
+            .unwrap();
+        let route = route(&spec);
+        let signature = sign("k", b"{}");
+        let bare = signature.strip_prefix("sha256=").unwrap();
+        assert_eq!(
+            route.authorize_body(&headers(&[("x-signature", bare)]), b"{}"),
+            None
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        let spec = parse("bearer_token = \"t\"").unwrap();
+        let strict = route(&spec);
+        for accepted in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.github+json",
+            "application/cloudevents+json; charset=UTF-8",
+        ] {
+            assert!(
+                strict.accepts(&headers(&[("content-type", accepted)])),
+                "{accepted}"
+            );
+        }
+        for refused in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            BATCH_CONTENT_TYPE,
+        ] {
+            assert!(
+                !strict.accepts(&headers(&[("content-type", refused)])),
+                "{refused}"
+            );
+        }
+        assert!(!strict.accepts(&HeaderMap::new()));
+        assert!(strict.accepts(&headers(&[
+            ("content-type", "text/plain"),
+            ("ce-specversion", "1.0")
+        ])));
+        let raw = route(&parse("bearer_token = \"t\"\nraw_bodies = true").unwrap());
+        assert!(raw.accepts(&headers(&[("content-type", "text/plain")])));
+        assert!(raw.accepts(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn metadata_hides_credentials_and_takes_the_delivery_id() {
+        let spec = parse("hmac_secret = \"k\"\nid_header = \"X-GitHub-Delivery\"").unwrap();
+        let route = route(&spec);
+        let meta = route.metadata(&headers(&[
+            ("authorization", "Bearer x"),
+            ("x-hub-signature-256", "sha256=00"),
+            ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+            ("x-github-event", "push"),
+            ("content-type", "application/json"),
+        ]));
+        assert_eq!(
+            meta.id.as_deref(),
+            Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        );
+        assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+        assert_eq!(find_header(&meta.headers, "X-GitHub-Event"), Some("push"));
+        assert!(find_header(&meta.headers, "authorization").is_none());
+        assert!(find_header(&meta.headers, "x-hub-signature-256").is_none());
+        assert_eq!(meta.default_type.as_deref(), Some(DEFAULT_TYPE));
+    }
+
+    #[test]
+    fn hook_urls() {
+        let spec = parse("path = \"/wh/acme\"\npath_token = \"tok\"").unwrap();
+        let config = WebhookConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            public_url: Some("https://hooks.example.com/".into()),
+        };
+        assert_eq!(
+            hook_url(&config, "gh", &spec),
+            "https://hooks.example.com/wh/acme/tok"
+        );
+        let local = WebhookConfig {
+            listen: "[::1]:9000".parse().unwrap(),
+            public_url: None,
+        };
+        let spec = parse("bearer_token = \"t\"").unwrap();
+        assert_eq!(hook_url(&local, "gh", &spec), "http://[::1]:9000/hooks/gh");
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_path_safe() {
+        let a = generate_token();
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, generate_token());
+        assert!(parse(&format!("path_token = \"{a}\"")).is_ok());
+    }
+}
