@@ -3,6 +3,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "calendar")]
+pub mod calendar;
 pub mod in_order;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -79,6 +81,8 @@ pub enum SourceSpec {
     Kafka(kafka::KafkaSpec),
     #[cfg(feature = "s3")]
     S3(s3::S3Spec),
+    #[cfg(feature = "calendar")]
+    Calendar(calendar::CalendarSpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -95,6 +99,8 @@ pub const KINDS: &[&str] = &[
     "kafka",
     #[cfg(feature = "s3")]
     "s3",
+    #[cfg(feature = "calendar")]
+    "calendar",
 ];
 
 impl SourceSpec {
@@ -112,6 +118,8 @@ impl SourceSpec {
             SourceSpec::Kafka(_) => "kafka",
             #[cfg(feature = "s3")]
             SourceSpec::S3(_) => "s3",
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(_) => "calendar",
         }
     }
 
@@ -130,6 +138,8 @@ impl SourceSpec {
             SourceSpec::Kafka(spec) => spec.describe(),
             #[cfg(feature = "s3")]
             SourceSpec::S3(spec) => spec.describe(),
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(spec) => spec.describe(),
         }
     }
 
@@ -160,6 +170,8 @@ impl SourceSpec {
             SourceSpec::Kafka(spec) => kafka::connect(spec, context).await,
             #[cfg(feature = "s3")]
             SourceSpec::S3(spec) => s3::connect(spec, context).await,
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(spec) => calendar::connect(spec, context).await,
         }
     }
 }
@@ -179,6 +191,8 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
         "kafka" => kafka::KafkaSpec::parse(table).map(SourceSpec::Kafka),
         #[cfg(feature = "s3")]
         "s3" => s3::S3Spec::parse(table).map(SourceSpec::S3),
+        #[cfg(feature = "calendar")]
+        "calendar" => calendar::CalendarSpec::parse(table).map(SourceSpec::Calendar),
         other => Err(format!(
             "key `kind`: unknown kind `{other}` (this build knows: {})",
             KINDS.join(", ")
@@ -200,6 +214,8 @@ pub fn accepted_keys() -> Vec<&'static str> {
     keys.extend(kafka::accepted_keys());
     #[cfg(feature = "s3")]
     keys.extend(s3::accepted_keys());
+    #[cfg(feature = "calendar")]
+    keys.extend(calendar::accepted_keys());
     keys
 }
 
@@ -225,7 +241,7 @@ pub struct ConnectContext {
     /// `bridge_source_lag`: a source that can tell how far behind it is (JetStream
     /// pending, Kafka consumer lag) sets it whenever it learns, also while idle.
     pub lag: LagGauge,
-    /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`).
+    /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`, `calendar`).
     pub state_dir: std::path::PathBuf,
 }
 
