@@ -35,6 +35,9 @@ pub struct Metadata {
     /// The CloudEvent type the kind suggests (e.g. `com.amazonaws.s3.ObjectCreated`),
     /// used when the bridge sets no `type`.
     pub default_type: Option<String>,
+    /// The message has no payload at all (a calendar tick without `data`): the event
+    /// gets neither `data` nor `datacontenttype`.
+    pub no_data: bool,
 }
 
 /// A transport header's value. Header names compare case-insensitively on every
@@ -197,6 +200,7 @@ pub fn normalize_message(
                 extensions: meta.extensions.clone(),
                 received: meta.received,
                 default_type: Some(record.event_name),
+                no_data: false,
             };
             normalize(mapping, &meta, &data)
         })
@@ -240,7 +244,12 @@ pub fn normalize(
         return Ok(Normalized { event, routing_key });
     }
 
-    let (data, datacontenttype) = classify(mapping.format, content_type, payload)?;
+    let (data, datacontenttype) = if meta.no_data {
+        (Data::None, None)
+    } else {
+        let (data, datacontenttype) = classify(mapping.format, content_type, payload)?;
+        (data, Some(datacontenttype))
+    };
     let json = match &data {
         Data::Json(bytes) if mapping.event_type.needs_json() || mapping.time_pointer.is_some() => {
             serde_json::from_slice::<Value>(bytes).ok()
@@ -284,7 +293,7 @@ pub fn normalize(
             .clone()
             .unwrap_or_else(|| meta.source_uri.clone()),
         ty,
-        datacontenttype: Some(datacontenttype),
+        datacontenttype,
         dataschema: None,
         subject: meta.subject.clone(),
         time: Some(format_time(&time)),
@@ -415,6 +424,27 @@ mod tests {
         let needle = [b"\"data\":".as_slice(), payload].concat();
         assert!(structured.windows(needle.len()).any(|w| w == needle));
         assert!(!String::from_utf8_lossy(&structured).contains("data_base64"));
+    }
+
+    #[test]
+    fn a_message_without_data_has_no_data_and_no_content_type() {
+        let meta = Metadata {
+            no_data: true,
+            ..meta()
+        };
+        let mut strict = mapping();
+        strict.format = PayloadFormat::Json;
+        strict.default_content_type = Some("text/plain".into());
+        for mapping in [mapping(), strict] {
+            let out = ok(&mapping, &meta, b"");
+            assert_eq!(out.event.data, Data::None);
+            assert_eq!(out.event.datacontenttype, None);
+            let json: Value = serde_json::from_slice(&out.event.to_structured_json()).unwrap();
+            let object = json.as_object().unwrap();
+            for absent in ["data", "data_base64", "datacontenttype"] {
+                assert!(!object.contains_key(absent), "{absent} in {json}");
+            }
+        }
     }
 
     #[test]

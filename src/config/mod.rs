@@ -134,7 +134,8 @@ pub struct Defaults {
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     pub backoff: BackoffConfig,
-    /// Where kinds with a cursor of their own (`s3`) keep it; one file set per bridge.
+    /// Where kinds with a cursor of their own (`s3`, `calendar`) keep it; one file set per
+    /// bridge.
     pub state_dir: std::path::PathBuf,
 }
 

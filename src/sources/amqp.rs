@@ -797,6 +797,7 @@ fn metadata(delivery: &Delivery, source_uri: &str, received: DateTime<Utc>) -> M
         extensions: Vec::new(),
         received,
         default_type: None,
+        no_data: false,
     }
 }
 

@@ -1391,6 +1391,7 @@ fn metadata(record: &Record, cluster: &str, received: DateTime<Utc>) -> Metadata
         extensions,
         received,
         default_type: None,
+        no_data: false,
     }
 }
 

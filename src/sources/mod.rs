@@ -3,6 +3,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "calendar")]
+pub mod calendar;
 pub mod in_order;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -94,6 +96,8 @@ pub enum SourceSpec {
     S3(s3::S3Spec),
     #[cfg(feature = "webhook")]
     Webhook(webhook::WebhookSpec),
+    #[cfg(feature = "calendar")]
+    Calendar(calendar::CalendarSpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -112,6 +116,8 @@ pub const KINDS: &[&str] = &[
     "s3",
     #[cfg(feature = "webhook")]
     "webhook",
+    #[cfg(feature = "calendar")]
+    "calendar",
 ];
 
 impl SourceSpec {
@@ -131,6 +137,8 @@ impl SourceSpec {
             SourceSpec::S3(_) => "s3",
             #[cfg(feature = "webhook")]
             SourceSpec::Webhook(_) => "webhook",
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(_) => "calendar",
         }
     }
 
@@ -151,6 +159,8 @@ impl SourceSpec {
             SourceSpec::S3(spec) => spec.describe(),
             #[cfg(feature = "webhook")]
             SourceSpec::Webhook(spec) => spec.describe(),
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(spec) => spec.describe(),
         }
     }
 
@@ -183,6 +193,8 @@ impl SourceSpec {
             SourceSpec::S3(spec) => s3::connect(spec, context).await,
             #[cfg(feature = "webhook")]
             SourceSpec::Webhook(spec) => webhook::connect(spec, context).await,
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(spec) => calendar::connect(spec, context).await,
         }
     }
 }
@@ -212,6 +224,8 @@ pub fn parse_spec(kind: &str, table: Map<String, Value>) -> Result<SourceSpec, S
         "s3" => s3::S3Spec::parse(table).map(SourceSpec::S3),
         #[cfg(feature = "webhook")]
         "webhook" => webhook::WebhookSpec::parse(table).map(SourceSpec::Webhook),
+        #[cfg(feature = "calendar")]
+        "calendar" => calendar::CalendarSpec::parse(table).map(SourceSpec::Calendar),
         other => Err(format!(
             "key `kind`: unknown kind `{other}` (this build knows: {})",
             KINDS.join(", ")
@@ -235,6 +249,8 @@ pub fn accepted_keys() -> Vec<&'static str> {
     keys.extend(s3::accepted_keys());
     #[cfg(feature = "webhook")]
     keys.extend(webhook::accepted_keys());
+    #[cfg(feature = "calendar")]
+    keys.extend(calendar::accepted_keys());
     keys
 }
 
@@ -261,7 +277,7 @@ pub struct ConnectContext {
     /// `bridge_source_lag`: a source that can tell how far behind it is (JetStream
     /// pending, Kafka consumer lag) sets it whenever it learns, also while idle.
     pub lag: LagGauge,
-    /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`).
+    /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`, `calendar`).
     pub state_dir: std::path::PathBuf,
     /// Whether the exchange is connected right now.
     pub exchange: ExchangeProbe,

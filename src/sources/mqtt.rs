@@ -1152,6 +1152,7 @@ impl MqttSource {
             extensions: Vec::new(),
             received,
             default_type: None,
+            no_data: false,
         };
         Incoming {
             payload: arrived.payload,

@@ -299,6 +299,7 @@ impl Source for CoreSource {
             extensions: Vec::new(),
             received: Utc::now(),
             default_type: None,
+            no_data: false,
         };
         Ok(Incoming {
             payload: message.payload,
@@ -420,6 +421,7 @@ impl Source for JetStreamSource {
             extensions: Vec::new(),
             received: Utc::now(),
             default_type: None,
+            no_data: false,
         };
         Ok(Incoming {
             payload: message.payload.clone(),

@@ -767,6 +767,7 @@ impl S3Source {
             } else {
                 self.spec.created_type.clone()
             }),
+            no_data: false,
         };
         Ok(Incoming {
             payload,
