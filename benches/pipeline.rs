@@ -1,5 +1,6 @@
 //! End-to-end figures for every bridge kind with a source broker (NATS core, JetStream,
-//! MQTT, AMQP, Kafka), and the exchange ceiling measured in the same run. Not a test: it prints numbers and asserts nothing about them.
+//! MQTT, AMQP, Kafka) and for webhooks, with the exchange ceiling measured in the same
+//! run. Not a test: it prints numbers and asserts nothing about them.
 //!
 //! For each kind a real `broker-bridge` process (the release build) bridges a source into
 //! a fresh exchange, and a consumer of our own counts the events on a queue bound to it:
@@ -13,6 +14,12 @@
 //! The ceiling is the same `Publisher` the daemon uses, in this process, sending the same
 //! events (made by the same `normalize` from the same payloads) straight to the exchange
 //! with the same in-order send and at most `max_in_flight` confirms outstanding.
+//!
+//! Webhooks are driven by `wrk` (Debian's package; `scripts/bench.sh` installs it) with
+//! `WEBHOOK_CONNECTIONS` keep-alive connections for `WEBHOOK_SECONDS`: requests per
+//! second answered 200 (each one confirmed by the exchange before its reply), wrk's
+//! p50/p99 of request to reply under that load, and a check that exactly as many events
+//! arrived on the queue as requests were answered 200.
 //!
 //! Run: `scripts/bench.sh` (starts the brokers, then `cargo bench --bench pipeline`).
 //! `BENCH_EVENTS` sets the burst size (default 20000).
@@ -51,6 +58,9 @@ const MAX_IN_FLIGHT: usize = 256;
 const LATENCY_EVENTS: usize = 2_000;
 const LATENCY_PACE: Duration = Duration::from_micros(1_000);
 const PAD: usize = 160;
+/// Concurrent keep-alive connections wrk holds to the webhook listener.
+const WEBHOOK_CONNECTIONS: usize = 64;
+const WEBHOOK_SECONDS: u64 = 10;
 
 fn main() {
     let events: usize = std::env::var("BENCH_EVENTS")
@@ -83,6 +93,13 @@ fn main() {
                 100.0 * result.per_second / ceiling.per_second
             );
         }
+        let result = webhook_bridge().await;
+        result.print("webhook (wrk) -> exchange");
+        println!(
+            "{:<28} {:>11.0}%",
+            "  webhook / ceiling",
+            100.0 * result.per_second / ceiling.per_second
+        );
     });
 }
 
@@ -792,5 +809,125 @@ async fn ceiling(events: usize) -> Figures {
         p50,
         p99,
         peak_rss_kib: None,
+    }
+}
+
+/// wrk's summary of one run.
+struct WrkRun {
+    requests: u64,
+    non_2xx: u64,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Reads wrk's `--latency` report.
+fn parse_wrk(report: &str) -> WrkRun {
+    let duration = |text: &str| -> Duration {
+        let text = text.trim();
+        let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+            (n, 1e-6)
+        } else if let Some(n) = text.strip_suffix("ms") {
+            (n, 1e-3)
+        } else if let Some(n) = text.strip_suffix('s') {
+            (n, 1.0)
+        } else {
+            (text, 1.0)
+        };
+        Duration::from_secs_f64(number.parse::<f64>().expect("a wrk duration") * scale)
+    };
+    let mut run = WrkRun {
+        requests: 0,
+        non_2xx: 0,
+        per_second: 0.0,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+    };
+    for line in report.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", value] => run.p50 = duration(value),
+            ["99%", value] => run.p99 = duration(value),
+            [count, "requests", "in", ..] => run.requests = count.parse().unwrap_or(0),
+            ["Requests/sec:", value] => run.per_second = value.parse().unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", count] => {
+                run.non_2xx = count.parse().unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    run
+}
+
+/// A webhook bridge under `wrk`: requests per second answered 200, wrk's latency
+/// percentiles, and the events counted on the queue.
+async fn webhook_bridge() -> Figures {
+    let exchange = unique("bench-ex");
+    let bridge_name = unique("webhook");
+    let webhook_port = free_port();
+    let table = format!(
+        "[webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\n\n[[bridge]]\nname = \"{bridge_name}\"\nkind = \"webhook\"\nbearer_token = \"bench\"\n"
+    );
+    let counter = Counter::bind(&exchange).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("bench.toml");
+    let admin_port = free_port();
+    std::fs::write(&config_path, config_text(&exchange, admin_port, &table)).unwrap();
+    let daemon = spawn_daemon(&config_path, &dir.path().join("daemon.log"));
+    let started = Instant::now();
+    while !ready(admin_port) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "daemon not ready: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = String::from_utf8(payload(0, 0).to_vec()).unwrap();
+    let script = dir.path().join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench\"\n"
+        ),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new("wrk")
+        .args([
+            "--threads",
+            "2",
+            "--connections",
+            &WEBHOOK_CONNECTIONS.to_string(),
+            "--duration",
+            &format!("{WEBHOOK_SECONDS}s"),
+            "--latency",
+            "--script",
+        ])
+        .arg(&script)
+        .arg(format!(
+            "http://127.0.0.1:{webhook_port}/hooks/{bridge_name}"
+        ))
+        .output()
+        .await
+        .expect("wrk (Debian package `wrk`; scripts/bench.sh installs it)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "wrk failed: {report}");
+    let run = parse_wrk(&report);
+    let answered_200 = (run.requests - run.non_2xx) as usize;
+    counter.wait_for(answered_200).await;
+    // Anything beyond the 200s was answered 503 (timeout) yet published: say so.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrived = counter.arrived.load(Ordering::Relaxed);
+    println!(
+        "  webhook: {} requests, {} answered 200, {} other; {} events on the queue",
+        run.requests, answered_200, run.non_2xx, arrived
+    );
+    let peak_rss_kib = peak_rss_kib(daemon.id());
+    daemon.terminate();
+    Figures {
+        per_second: run.per_second * answered_200 as f64 / run.requests.max(1) as f64,
+        p50: run.p50,
+        p99: run.p99,
+        peak_rss_kib,
     }
 }
