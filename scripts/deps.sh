@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Ensure what building broker-bridge needs besides the Rust toolchain: a C toolchain,
 # make and perl for the vendored librdkafka, and the OpenSSL and zlib headers it links
-# (TLS and SASL/SCRAM for Kafka). Idempotent: installs only what is missing (Debian).
+# (TLS and SASL/SCRAM for Kafka). For tests/systemd.rs: systemd-analyze (package
+# systemd), and /bin/kill (procps), which the unit's ExecReload names and verify checks.
+# Idempotent: installs only what is missing (Debian).
 set -euo pipefail
 
 missing=()
@@ -12,6 +14,8 @@ command -v perl >/dev/null 2>&1 || missing+=(perl)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q "ok installed" || missing+=(libssl-dev)
 dpkg-query -W -f='${Status}' zlib1g-dev 2>/dev/null | grep -q "ok installed" || missing+=(zlib1g-dev)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+[[ -x /bin/kill ]] || missing+=(procps)
 ((${#missing[@]})) || exit 0
 
 echo "deps.sh: installing ${missing[*]}" >&2

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod exchange;
 pub mod metrics;
 pub mod normalize;
+pub mod notify;
 pub mod routing;
 pub mod s3notification;
 pub mod sources;

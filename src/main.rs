@@ -16,6 +16,7 @@ use broker_bridge::cloudevent::{
 use broker_bridge::config::{self, ExchangeConfig};
 use broker_bridge::exchange::{Delivered, Publisher};
 use broker_bridge::metrics::Registry;
+use broker_bridge::notify::{self, Notifier};
 use broker_bridge::{admin, routing, supervisor};
 
 #[derive(Parser)]
@@ -216,12 +217,19 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     for bridge in &loaded.config.bridges {
         tracing::info!(bridge = %bridge.name, kind = bridge.kind(), "{}", bridge.source.describe());
     }
+    // systemd (Type=notify): watchdog pings from the start, READY=1 once the first config
+    // runs (publisher started, so the exchange connection is under way) and /healthz
+    // answers, then STATUS= lines as bridges come and go.
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.spawn_watchdog();
     let supervisor = supervisor::Supervisor::start(&path, loaded.config, registry);
     let address = admin::serve(listen, supervisor.shared())
         .await
         .with_context(|| format!("admin listener on {listen}"))?;
     tracing::info!(%address, "admin listener up (/metrics /healthz /readyz /bridges)");
-    supervisor.run(loaded.watch_dirs).await
+    notifier.ready(&notify::status_line(&supervisor.shared()));
+    notifier.spawn_status(supervisor.shared());
+    supervisor.run(loaded.watch_dirs, notifier).await
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {

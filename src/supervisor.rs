@@ -19,6 +19,8 @@ use crate::bridge::{self, BridgeStatus, PublisherSlot, current_publisher};
 use crate::config::{self, BridgeSpec, Config};
 use crate::exchange::Publisher;
 use crate::metrics::{BridgeMetrics, Registry};
+// `crate::notify` (systemd) spelled out: plain `notify::` here is the file-watching crate.
+use crate::notify::{Notifier, status_line};
 use crate::sources::Listeners;
 
 /// How long file events are collected into one reload (editors write in several steps).
@@ -254,8 +256,14 @@ impl Supervisor {
         current_publisher(&self.shared.publisher).shutdown();
     }
 
-    /// The main loop: reload on SIGHUP or file change, return on SIGTERM/SIGINT.
-    pub async fn run(mut self, watch_dirs: Vec<PathBuf>) -> anyhow::Result<()> {
+    /// The main loop: reload on SIGHUP or file change, return on SIGTERM/SIGINT. Tells
+    /// systemd (`notifier`) about each reload (`RELOADING=1`, then `READY=1` whether the
+    /// new config was applied or refused) and about the shutdown (`STOPPING=1`).
+    pub async fn run(
+        mut self,
+        watch_dirs: Vec<PathBuf>,
+        notifier: Arc<Notifier>,
+    ) -> anyhow::Result<()> {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -263,23 +271,23 @@ impl Supervisor {
         let mut watcher = ConfigWatcher::new(&self.path, file_events)?;
         watcher.watch(&watch_dirs);
         loop {
-            tokio::select! {
-                _ = hangup.recv() => {
-                    if let Ok(dirs) = self.reload("SIGHUP").await {
-                        watcher.watch(&dirs);
-                    }
-                }
+            let trigger = tokio::select! {
+                _ = hangup.recv() => "SIGHUP",
                 Some(()) = changes.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while changes.try_recv().is_ok() {}
-                    if let Ok(dirs) = self.reload("file change").await {
-                        watcher.watch(&dirs);
-                    }
+                    "file change"
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+            };
+            notifier.reloading();
+            if let Ok(dirs) = self.reload(trigger).await {
+                watcher.watch(&dirs);
             }
+            notifier.ready(&status_line(&self.shared));
         }
+        notifier.stopping();
         tracing::info!("shutting down: draining bridges");
         self.shutdown().await;
         Ok(())

@@ -98,6 +98,8 @@ pub struct Daemon {
     pub admin_port: u16,
     pub exchange: String,
     pub exchange_url: String,
+    /// Extra environment variables of the process (also on `restart`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -120,16 +122,33 @@ impl Daemon {
         exchange: &str,
         text: impl FnOnce(u16) -> String,
     ) -> Daemon {
+        Daemon::start_with_text_and_env(dir, exchange_url, exchange, text, &[]).await
+    }
+
+    /// `start_with_text` with extra environment variables for the process (kept for
+    /// `restart`).
+    pub async fn start_with_text_and_env(
+        dir: tempfile::TempDir,
+        exchange_url: &str,
+        exchange: &str,
+        text: impl FnOnce(u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let admin_port = free_port();
         let config_path = dir.path().join("broker-bridge.toml");
         std::fs::write(&config_path, text(admin_port)).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut daemon = Daemon {
-            child: spawn(&config_path, dir.path()),
+            child: spawn(&config_path, dir.path(), &env),
             dir,
             config_path,
             admin_port,
             exchange: exchange.to_owned(),
             exchange_url: exchange_url.to_owned(),
+            env,
         };
         daemon.wait_healthy().await;
         daemon
@@ -137,7 +156,7 @@ impl Daemon {
 
     /// Starts a second process on the same config (after `kill`, or a replica).
     pub async fn restart(&mut self) {
-        self.child = spawn(&self.config_path, self.dir.path());
+        self.child = spawn(&self.config_path, self.dir.path(), &self.env);
         self.wait_healthy().await;
     }
 
@@ -271,21 +290,26 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn(config: &Path, dir: &Path) -> Child {
+fn spawn(config: &Path, dir: &Path, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("daemon.log"))
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_broker-bridge"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_broker-bridge"));
+    command
         .args(["run", "-c"])
         .arg(config)
         .env("RUST_LOG", "info,broker_bridge=debug")
+        // Tests run under a service manager must not notify it for their daemons.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start broker-bridge")
+        .stderr(log);
+    command.spawn().expect("start broker-bridge")
 }
 
 /// A minimal HTTP/1.1 GET: `(status, body)`, or `None` when nothing listens.
