@@ -574,6 +574,111 @@ async fn emit_refuses_non_json_data_declared_as_json() {
 }
 
 // ---------------------------------------------------------------------------------------
+// probe (the container health check)
+
+/// Serves one connection on a listener of the test's own: reads the request head, then
+/// answers `reply`, or with `None` answers nothing and holds the connection until the
+/// client closes it. The thread returns the request head.
+fn serve_once(reply: Option<&'static str>) -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        match reply {
+            Some(reply) => stream.write_all(reply.as_bytes()).unwrap(),
+            None => {
+                let _ = stream.read(&mut byte);
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    (port, server)
+}
+
+fn probe(url: &str) -> Finished {
+    finish(&mut broker_bridge(&["probe", url]))
+}
+
+#[test]
+fn probe_exits_0_on_a_2xx_answer_after_a_plain_get() {
+    let (port, server) = serve_once(Some(
+        "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ));
+    let run = probe(&format!("http://127.0.0.1:{port}/healthz?deep=1"));
+    run.assert_ok();
+    assert!(run.stdout.contains("204 No Content"), "{run:#?}");
+    let head = server.join().unwrap();
+    assert!(
+        head.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+        "{head}"
+    );
+}
+
+#[test]
+fn probe_exits_1_on_an_error_status() {
+    let (port, server) = serve_once(Some(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    ));
+    probe(&format!("http://127.0.0.1:{port}/readyz")).assert_rejected(&["503 Service Unavailable"]);
+    server.join().unwrap();
+}
+
+#[test]
+fn probe_exits_1_when_the_port_refuses() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    probe(&format!("http://127.0.0.1:{port}/healthz")).assert_rejected(&["connecting"]);
+}
+
+#[test]
+fn probe_gives_up_after_3_seconds_without_an_answer() {
+    let (port, server) = serve_once(None);
+    let started = Instant::now();
+    let run = probe(&format!("http://127.0.0.1:{port}/healthz"));
+    let took = started.elapsed();
+    run.assert_rejected(&["timed out"]);
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn probe_refuses_what_is_not_a_plain_http_url() {
+    probe("https://127.0.0.1:9180/healthz").assert_rejected(&["not an http:// URL"]);
+}
+
+#[tokio::test]
+async fn probe_passes_on_the_health_endpoint_of_a_running_daemon() {
+    let exchange = unique("ex");
+    let daemon = Daemon::start(AMQP_URL, &exchange, "").await;
+    let base = format!("http://127.0.0.1:{}", daemon.admin_port);
+    let healthy = finish_async(broker_bridge(&["probe", &format!("{base}/healthz")])).await;
+    healthy.assert_ok();
+    let missing = finish_async(broker_bridge(&["probe", &format!("{base}/no-such-page")])).await;
+    missing.assert_rejected(&["404"]);
+}
+
+// ---------------------------------------------------------------------------------------
 // tail
 
 /// A child process killed when the test ends, passed or not.
