@@ -183,6 +183,14 @@ async fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
+/// `bridge_requests_refused_total` of a webhook bridge for one reason.
+fn refused(metrics: &common::Metrics, bridge: &str, reason: &str) -> Option<f64> {
+    metrics.get(
+        "bridge_requests_refused_total",
+        &[("bridge", bridge), ("kind", "webhook"), ("reason", reason)],
+    )
+}
+
 #[tokio::test]
 async fn a_github_delivery_becomes_an_event_with_its_type_id_and_time() {
     let rabbit = Rabbit::connect().await;
@@ -323,14 +331,8 @@ async fn wrong_or_missing_credentials_are_refused_and_nothing_is_published() {
     assert_eq!(received[0].json()["data"], serde_json::json!({"n": 1}));
 
     let metrics = daemon.metrics();
-    let refused = |reason: &str| {
-        metrics.get(
-            "bridge_requests_refused_total",
-            &[("bridge", &bridge), ("kind", "webhook"), ("reason", reason)],
-        )
-    };
-    assert_eq!(refused("unauthorized"), Some(3.0));
-    assert_eq!(refused("forbidden"), Some(3.0));
+    assert_eq!(refused(&metrics, &bridge, "unauthorized"), Some(3.0));
+    assert_eq!(refused(&metrics, &bridge, "forbidden"), Some(3.0));
     assert_eq!(
         metrics.bridge("bridge_messages_received_total", &bridge, "webhook"),
         Some(1.0)
@@ -411,15 +413,12 @@ async fn body_rules_probe_and_methods() {
     assert_eq!(reply.status, 404);
 
     let metrics = daemon.metrics();
-    let refused = |reason: &str| {
-        metrics.get(
-            "bridge_requests_refused_total",
-            &[("bridge", &bridge), ("kind", "webhook"), ("reason", reason)],
-        )
-    };
-    assert_eq!(refused("unsupported_media_type"), Some(3.0));
-    assert_eq!(refused("too_large"), Some(1.0));
-    assert_eq!(refused("method_not_allowed"), Some(1.0));
+    assert_eq!(
+        refused(&metrics, &bridge, "unsupported_media_type"),
+        Some(3.0)
+    );
+    assert_eq!(refused(&metrics, &bridge, "too_large"), Some(1.0));
+    assert_eq!(refused(&metrics, &bridge, "method_not_allowed"), Some(1.0));
     assert_eq!(
         metrics.bridge("bridge_events_published_total", &bridge, "webhook"),
         Some(2.0)
@@ -553,14 +552,7 @@ async fn answers_503_while_the_exchange_is_down_and_200_after() {
     assert_eq!(received.len(), 1, "nothing answered 503 was published");
     assert_eq!(received[0].json()["data"], serde_json::json!({"up": true}));
     assert_eq!(
-        daemon.metrics().get(
-            "bridge_requests_refused_total",
-            &[
-                ("bridge", &bridge),
-                ("kind", "webhook"),
-                ("reason", "unavailable")
-            ]
-        ),
+        refused(&daemon.metrics(), &bridge, "unavailable"),
         Some(5.0)
     );
 }
