@@ -17,9 +17,7 @@ use crate::config::BridgeSpec;
 use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
 use crate::metrics::BridgeMetrics;
 use crate::normalize::{Mapping, normalize_message};
-use crate::sources::{
-    ConnectContext, ExchangeProbe, Incoming, LagGauge, Listeners, Refusals, Source,
-};
+use crate::sources::{ConnectContext, ExchangeProbe, Incoming, Listeners, Source, SourceMetrics};
 
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
 pub type PublisherSlot = Arc<RwLock<Arc<Publisher>>>;
@@ -114,10 +112,9 @@ pub async fn run(
             bridge: spec.name.clone(),
             max_in_flight: spec.max_in_flight,
             max_message_bytes: spec.max_message_bytes,
-            lag: LagGauge::new(metrics.clone()),
+            metrics: SourceMetrics::new(metrics.clone()),
             state_dir: spec.state_dir.clone(),
             exchange: ExchangeProbe::new(move || current_publisher(&exchange).is_connected()),
-            refusals: Refusals::new(metrics.clone()),
             listeners,
         };
         loop {

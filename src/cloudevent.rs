@@ -87,25 +87,28 @@ pub fn format_time(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// The content type of a batch of structured CloudEvents (a JSON array).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+/// A content type without its parameters (`; charset=...`), trimmed.
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
 /// True for `application/json`, `text/json` and any `+json` suffix, parameters ignored.
 pub fn is_json_content_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = essence(content_type).to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
 /// True when the content type announces a structured-mode CloudEvent.
 pub fn is_structured_content_type(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case(STRUCTURED_CONTENT_TYPE)
+    essence(content_type).eq_ignore_ascii_case(STRUCTURED_CONTENT_TYPE)
+}
+
+/// True when the content type announces a batch of CloudEvents.
+pub fn is_batch_content_type(content_type: &str) -> bool {
+    essence(content_type).eq_ignore_ascii_case(BATCH_CONTENT_TYPE)
 }
 
 /// Valid extension (and attribute) names: lower-case ASCII letters and digits.

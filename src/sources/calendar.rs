@@ -76,7 +76,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::in_order::{InOrder, Ticket};
-use super::{Acker, ConnectContext, Incoming, LagGauge, Source, SourceError};
+use super::{Acker, ConnectContext, Incoming, Source, SourceError, SourceMetrics};
 use crate::config::{duration, fields};
 use crate::normalize::Metadata;
 
@@ -526,7 +526,7 @@ struct CalendarSource {
     ticker: Ticker,
     data: Option<Bytes>,
     progress: Arc<Mutex<Progress>>,
-    lag: LagGauge,
+    lag: SourceMetrics,
 }
 
 impl CalendarSource {
@@ -578,7 +578,7 @@ impl Source for CalendarSource {
     async fn next(&mut self) -> Result<Incoming, SourceError> {
         loop {
             let next = self.ticker.next(Utc::now());
-            self.lag.set(self.ticker.waiting());
+            self.lag.set_lag(self.ticker.waiting());
             match next {
                 Next::Now(tick) => return Ok(self.incoming(tick)),
                 Next::At(tick) => {
@@ -660,7 +660,7 @@ pub(super) async fn connect(
             order: InOrder::default(),
             persisted: cursor,
         })),
-        lag: context.lag.clone(),
+        lag: context.metrics.clone(),
     }))
 }
 

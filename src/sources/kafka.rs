@@ -50,7 +50,7 @@
 //! partitions of end offset minus the next record to hand to the bridge (the committed
 //! offset before the first record of an assignment): records waiting to be bridged,
 //! like JetStream's pending count. The source sets the bridge's gauge itself on every
-//! report and rebalance ([`LagGauge`]), so it keeps counting while the bridge does not
+//! report and rebalance ([`SourceMetrics`]), so it keeps counting while the bridge does not
 //! pull (an exchange outage) and shows 0 on an idle bridge; `lag` gives it after every
 //! record.
 //!
@@ -84,7 +84,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use super::in_order::{InOrder, Ticket};
-use super::{Acker, ConnectContext, Incoming, LagGauge, Source, SourceError, TlsOptions};
+use super::{Acker, ConnectContext, Incoming, Source, SourceError, SourceMetrics, TlsOptions};
 use crate::config::fields;
 use crate::normalize::Metadata;
 
@@ -816,7 +816,7 @@ struct Shared {
     failed: watch::Sender<Option<String>>,
     /// The bridge's gauge, set on every change while the source is in use (after a
     /// reconnect, the old consumer's statistics must not overwrite the new one's).
-    gauge: LagGauge,
+    gauge: SourceMetrics,
     detached: AtomicBool,
     read_committed: bool,
     start: Start,
@@ -851,7 +851,7 @@ impl Shared {
         if let Some(lag) = partitions.lag()
             && !self.detached.load(Relaxed)
         {
-            self.gauge.set(lag);
+            self.gauge.set_lag(lag);
         }
     }
 
@@ -1198,7 +1198,7 @@ pub async fn connect(
         runtime: tokio::runtime::Handle::current(),
         records: records_tx,
         failed: failed_tx,
-        gauge: context.lag.clone(),
+        gauge: context.metrics.clone(),
         detached: AtomicBool::new(false),
         read_committed: spec.read_committed(),
         start: spec.start,

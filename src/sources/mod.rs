@@ -274,15 +274,14 @@ pub struct ConnectContext {
     pub bridge: String,
     pub max_in_flight: usize,
     pub max_message_bytes: usize,
-    /// `bridge_source_lag`: a source that can tell how far behind it is (JetStream
-    /// pending, Kafka consumer lag) sets it whenever it learns, also while idle.
-    pub lag: LagGauge,
+    /// The bridge's series a source reports to: `bridge_source_lag` (a source that can
+    /// tell how far behind it is, e.g. JetStream pending or Kafka consumer lag, sets it
+    /// whenever it learns, also while idle) and webhook refusals.
+    pub metrics: SourceMetrics,
     /// `[defaults] state_dir`: where a kind keeps a cursor of its own (`s3`, `calendar`).
     pub state_dir: std::path::PathBuf,
     /// Whether the exchange is connected right now.
     pub exchange: ExchangeProbe,
-    /// `bridge_requests_refused_total`.
-    pub refusals: Refusals,
     pub listeners: Listeners,
 }
 
@@ -335,40 +334,17 @@ impl std::fmt::Debug for ExchangeProbe {
     }
 }
 
-/// The bridge's `bridge_requests_refused_total` counters; the default counts nowhere.
+/// What a source reports to its bridge's series; the default reports nowhere.
 #[derive(Clone, Default)]
-pub struct Refusals(Option<std::sync::Arc<crate::metrics::BridgeMetrics>>);
+pub struct SourceMetrics(Option<std::sync::Arc<crate::metrics::BridgeMetrics>>);
 
-impl Refusals {
+impl SourceMetrics {
     pub fn new(metrics: std::sync::Arc<crate::metrics::BridgeMetrics>) -> Self {
-        Refusals(Some(metrics))
+        SourceMetrics(Some(metrics))
     }
 
-    pub fn count(&self, refusal: crate::metrics::Refusal) {
-        if let Some(metrics) = &self.0 {
-            metrics.refuse(refusal);
-        }
-    }
-}
-
-impl std::fmt::Debug for Refusals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Refusals")
-    }
-}
-
-/// The bridge's `bridge_source_lag` gauge, as a source reports to it; the default
-/// reports nowhere.
-#[derive(Clone, Default)]
-pub struct LagGauge(Option<std::sync::Arc<crate::metrics::BridgeMetrics>>);
-
-impl LagGauge {
-    pub fn new(metrics: std::sync::Arc<crate::metrics::BridgeMetrics>) -> Self {
-        LagGauge(Some(metrics))
-    }
-
-    /// Messages waiting at the source.
-    pub fn set(&self, lag: u64) {
+    /// `bridge_source_lag`: messages waiting at the source.
+    pub fn set_lag(&self, lag: u64) {
         if let Some(metrics) = &self.0 {
             let lag = i64::try_from(lag).unwrap_or(i64::MAX);
             metrics
@@ -376,14 +352,21 @@ impl LagGauge {
                 .store(lag, std::sync::atomic::Ordering::Relaxed);
         }
     }
+
+    /// `bridge_requests_refused_total`: a request refused before it became a message.
+    pub fn refuse(&self, refusal: crate::metrics::Refusal) {
+        if let Some(metrics) = &self.0 {
+            metrics.refuse(refusal);
+        }
+    }
 }
 
-impl std::fmt::Debug for LagGauge {
+impl std::fmt::Debug for SourceMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() {
-            "LagGauge"
+            "SourceMetrics"
         } else {
-            "LagGauge(none)"
+            "SourceMetrics(none)"
         })
     }
 }

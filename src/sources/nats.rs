@@ -10,7 +10,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Acker, ConnectContext, Incoming, LagGauge, NoAck, Source, SourceError, TlsOptions};
+use super::{
+    Acker, ConnectContext, Incoming, NoAck, Source, SourceError, SourceMetrics, TlsOptions,
+};
 use crate::config::{duration, fields};
 use crate::normalize::{Metadata, find_header};
 
@@ -313,7 +315,7 @@ struct JetStreamSource {
     messages: pull::Stream,
     server: String,
     /// JetStream tells with every message how many wait behind it.
-    lag: LagGauge,
+    lag: SourceMetrics,
     _client: async_nats::Client,
 }
 
@@ -389,7 +391,7 @@ pub async fn connect_jetstream(
     Ok(Box::new(JetStreamSource {
         messages,
         server: server_label(&spec.connection.url),
-        lag: context.lag.clone(),
+        lag: context.metrics.clone(),
         _client: client,
     }))
 }
@@ -408,7 +410,7 @@ impl Source for JetStreamSource {
             .map_err(|e| SourceError::Subscription(format!("bad JetStream reply subject: {e}")))?;
         let id = format!("{}:{}", info.stream, info.stream_sequence);
         let time = info.published;
-        self.lag.set(info.pending);
+        self.lag.set_lag(info.pending);
         let headers = headers_of(message.headers.as_ref());
         let subject = message.subject.to_string();
         let meta = Metadata {

@@ -40,8 +40,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Acker, ConnectContext, ExchangeProbe, Incoming, Refusals, Source, SourceError};
-use crate::cloudevent::is_json_content_type;
+use super::{Acker, ConnectContext, ExchangeProbe, Incoming, Source, SourceError, SourceMetrics};
+use crate::cloudevent::{is_batch_content_type, is_json_content_type};
 use crate::config::{BridgeSpec, WebhookConfig, duration, fields};
 use crate::metrics::Refusal;
 use crate::normalize::{Metadata, RejectReason, find_header};
@@ -377,12 +377,12 @@ struct Route {
     source_uri: String,
     requests: mpsc::Sender<Pending>,
     exchange: ExchangeProbe,
-    refusals: Refusals,
+    metrics: SourceMetrics,
 }
 
 impl Route {
     fn refuse(&self, refusal: Refusal) -> Response {
-        self.refusals.count(refusal);
+        self.metrics.refuse(refusal);
         let status = match refusal {
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::Forbidden => StatusCode::FORBIDDEN,
@@ -469,11 +469,8 @@ impl Route {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok());
-        if content_type.is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(BATCH_CONTENT_TYPE))
-        }) {
+        // Batches would need one event per entry; senders can post them one by one.
+        if content_type.is_some_and(is_batch_content_type) {
             return false;
         }
         self.raw_bodies
@@ -515,9 +512,6 @@ impl Route {
         }
     }
 }
-
-/// Batches would need one event per entry; senders can post them one by one.
-const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
 fn plain(status: StatusCode) -> Response {
     let text = status.canonical_reason().unwrap_or("").to_ascii_lowercase();
@@ -647,7 +641,7 @@ pub(super) async fn connect(
         source_uri: format!("{}{path}", base_url(&hub.config)),
         requests: sender,
         exchange: context.exchange.clone(),
-        refusals: context.refusals.clone(),
+        metrics: context.metrics.clone(),
     };
     hub.register(path, route);
     Ok(Box::new(WebhookSource { requests }))
@@ -724,7 +718,7 @@ mod tests {
             source_uri: "http://hooks.example/hooks/x".into(),
             requests,
             exchange: ExchangeProbe::default(),
-            refusals: Refusals::default(),
+            metrics: SourceMetrics::default(),
         }
     }
 
@@ -879,7 +873,7 @@ mod tests {
         for refused in [
             "text/plain",
             "application/x-www-form-urlencoded",
-            BATCH_CONTENT_TYPE,
+            crate::cloudevent::BATCH_CONTENT_TYPE,
         ] {
             assert!(
                 !strict.accepts(&headers(&[("content-type", refused)])),
