@@ -17,6 +17,7 @@ use broker_bridge::config::{self, ExchangeConfig};
 use broker_bridge::exchange::{Delivered, Publisher};
 use broker_bridge::metrics::Registry;
 use broker_bridge::notify::{self, Notifier};
+use broker_bridge::sources::Verdict;
 use broker_bridge::{admin, routing, supervisor};
 
 #[derive(Parser)]
@@ -49,6 +50,11 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Also ask each source's broker whether starting the bridge would move a
+        /// position there (e.g. an edited JetStream filter); a refusal exits 1, a broker
+        /// that does not answer is reported as not verified.
+        #[arg(long)]
+        online: bool,
     },
     /// Publish one CloudEvent to the exchange and wait for the confirm.
     Emit {
@@ -158,7 +164,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Check { config } => check(config),
+            Command::Check { config, online } => check(config, online).await,
             Command::Emit {
                 config,
                 event_type,
@@ -254,7 +260,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     supervisor.run(loaded.watch_dirs, notifier).await
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
     use std::fmt::Write;
     let loaded = config::load(&path)?;
     let config = loaded.config;
@@ -284,6 +290,35 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             bridge.deadletter_pattern(),
         )?;
         writeln!(out, "    {}", bridge.source.describe())?;
+    }
+    let mut refused = Vec::new();
+    if online {
+        let verdicts = futures::future::join_all(
+            config
+                .bridges
+                .iter()
+                .map(|bridge| bridge.source.verify_position(bridge)),
+        )
+        .await;
+        for (bridge, verdict) in config.bridges.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Safe => writeln!(out, "bridge `{}`: source verified", bridge.name)?,
+                Verdict::Unverified(why) => {
+                    writeln!(out, "bridge `{}`: source not verified: {why}", bridge.name)?
+                }
+                Verdict::Refused(why) => {
+                    writeln!(out, "bridge `{}`: source refused: {why}", bridge.name)?;
+                    refused.push(bridge.name.clone());
+                }
+            }
+        }
+    }
+    if !refused.is_empty() {
+        print_stdout(&out)?;
+        bail!(
+            "refused by the source broker: bridge(s) {}",
+            refused.join(", ")
+        );
     }
     writeln!(out, "ok: {} bridge(s)", config.bridges.len())?;
     print_stdout(&out)?;

@@ -21,7 +21,7 @@ use crate::exchange::Publisher;
 use crate::metrics::{BridgeMetrics, Registry};
 // `crate::notify` (systemd) spelled out: plain `notify::` here is the file-watching crate.
 use crate::notify::{Notifier, status_line};
-use crate::sources::Listeners;
+use crate::sources::{Listeners, Verdict};
 
 /// How long file events are collected into one reload (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -138,32 +138,71 @@ impl Supervisor {
     }
 
     /// Loads the config again and applies the difference. An invalid config changes
-    /// nothing; its error is logged, counted and shown in `/bridges`.
+    /// nothing; its error is logged, counted and shown in `/bridges`. So does a valid
+    /// one whose changed bridge a source broker refuses (e.g. a JetStream filter edit
+    /// that would skip pending messages): the old bridge keeps running.
     pub async fn reload(&mut self, trigger: &str) -> Result<Vec<PathBuf>, config::ConfigError> {
-        match config::load(&self.path) {
-            Err(error) => {
-                tracing::error!(%trigger, %error, "config reload failed; the running config stays");
-                self.shared.registry.reloads_failure.fetch_add(1, Relaxed);
-                let mut reload = self.shared.reload.lock().expect("reload lock");
-                reload.last_error = Some(error.to_string());
-                reload.last_error_at = Some(Utc::now());
-                Err(error)
-            }
-            Ok(loaded) => {
-                tracing::info!(%trigger, "config reloaded");
-                self.apply(loaded.config).await;
-                self.shared.registry.reloads_success.fetch_add(1, Relaxed);
-                self.shared
-                    .registry
-                    .last_reload_success_seconds
-                    .store(Utc::now().timestamp() as u64, Relaxed);
-                let mut reload = self.shared.reload.lock().expect("reload lock");
-                reload.last_error = None;
-                reload.last_error_at = None;
-                reload.last_success = Some(Utc::now());
-                Ok(loaded.watch_dirs)
+        let loaded = match config::load(&self.path) {
+            Ok(loaded) => loaded,
+            Err(error) => return Err(self.refuse_reload(trigger, error)),
+        };
+        if let Err(error) = self.verify_changed_bridges(&loaded.config).await {
+            return Err(self.refuse_reload(trigger, error));
+        }
+        tracing::info!(%trigger, "config reloaded");
+        self.apply(loaded.config).await;
+        self.shared.registry.reloads_success.fetch_add(1, Relaxed);
+        self.shared
+            .registry
+            .last_reload_success_seconds
+            .store(Utc::now().timestamp() as u64, Relaxed);
+        let mut reload = self.shared.reload.lock().expect("reload lock");
+        reload.last_error = None;
+        reload.last_error_at = None;
+        reload.last_success = Some(Utc::now());
+        Ok(loaded.watch_dirs)
+    }
+
+    fn refuse_reload(&self, trigger: &str, error: config::ConfigError) -> config::ConfigError {
+        tracing::error!(%trigger, %error, "config reload failed; the running config stays");
+        self.shared.registry.reloads_failure.fetch_add(1, Relaxed);
+        let mut reload = self.shared.reload.lock().expect("reload lock");
+        reload.last_error = Some(error.to_string());
+        reload.last_error_at = Some(Utc::now());
+        error
+    }
+
+    /// Asks the brokers of the bridges a reload would restart whether their new specs
+    /// move a position. A broker that cannot be asked does not hold the reload up: the
+    /// restarted bridge asks again when it connects, and refuses to start there.
+    async fn verify_changed_bridges(&self, new: &Config) -> Result<(), config::ConfigError> {
+        let changed: Vec<&BridgeSpec> = new
+            .bridges
+            .iter()
+            .filter(|spec| {
+                self.running
+                    .get(&spec.name)
+                    .is_some_and(|running| running.spec.source != spec.source)
+            })
+            .collect();
+        let verdicts =
+            futures::future::join_all(changed.iter().map(|spec| spec.source.verify_position(spec)))
+                .await;
+        for (spec, verdict) in changed.iter().zip(verdicts) {
+            match verdict {
+                Verdict::Safe => {}
+                Verdict::Unverified(why) => {
+                    tracing::warn!(bridge = %spec.name, %why, "cannot verify the changed source settings now; the bridge checks again when it connects");
+                }
+                Verdict::Refused(message) => {
+                    return Err(config::ConfigError::Bridge {
+                        bridge: spec.name.clone(),
+                        message,
+                    });
+                }
             }
         }
+        Ok(())
     }
 
     async fn apply(&mut self, new: Config) {

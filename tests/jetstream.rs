@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::conformance::{self, SourceUnderTest, bridge_table};
 use common::proxy::Proxy;
-use common::{Daemon, Rabbit, eventually_async, unique};
+use common::{Daemon, Rabbit, eventually, eventually_async, unique};
 
 struct JetStream {
     stream: String,
@@ -170,5 +170,392 @@ async fn lost_confirm_republishes_with_the_same_id() {
                 == 1
         },
     )
+    .await;
+}
+
+// Editing a bridge's source settings (issue 21): a JetStream consumer is never moved.
+
+/// The bridge table of a jetstream bridge on `source` with a named consumer.
+fn consumer_bridge(source: &JetStream, name: &str, consumer: &str, extra: &str) -> String {
+    format!(
+        "[[bridge]]\nname = \"{name}\"\nkind = \"jetstream\"\n{}\nconsumer = \"{consumer}\"\n{extra}\n",
+        source.bridge_keys()
+    )
+}
+
+impl JetStream {
+    async fn named_consumer(&self, consumer: &str) -> jetstream::consumer::Info {
+        let stream = self.context.get_stream(&self.stream).await.unwrap();
+        stream.consumer_info(consumer).await.unwrap()
+    }
+
+    /// Messages the consumer still holds: not yet delivered, or delivered and unacked.
+    async fn held(&self, consumer: &str) -> u64 {
+        let info = self.named_consumer(consumer).await;
+        info.num_pending + info.num_ack_pending as u64
+    }
+
+    /// Publishes `count` numbered messages on `subject`.
+    async fn send_many(&self, subject: &str, count: usize) {
+        for n in 0..count {
+            self.context
+                .publish(subject.to_owned(), format!("{{\"n\":{n}}}").into())
+                .await
+                .unwrap()
+                .await
+                .expect("stored in the stream");
+        }
+    }
+
+    /// The ids `<stream>:<seq>` of stream sequences `first..=last`.
+    fn ids(&self, first: u64, last: u64) -> Vec<String> {
+        (first..=last)
+            .map(|seq| format!("{}:{seq}", self.stream))
+            .collect()
+    }
+}
+
+fn sorted_ids(received: &[common::Received]) -> Vec<String> {
+    let mut ids: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort_by_key(|id| id.rsplit(':').next().unwrap().parse::<u64>().unwrap());
+    ids
+}
+
+/// The bridge's `last_error` in `/bridges`, once it mentions `needle`.
+async fn wait_bridge_error(daemon: &Daemon, bridge: &str, needle: &str) -> String {
+    let mut error = String::new();
+    eventually(
+        Duration::from_secs(20),
+        "the bridge reports the refusal",
+        || {
+            error = daemon
+                .bridge_status(bridge)
+                .and_then(|s| s["status"]["last_error"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            error.contains(needle)
+        },
+    )
+    .await;
+    error
+}
+
+/// The sequence of issue 21 with a restart: 10 delivered under a narrow filter, 100
+/// more pending, the filter widened while the daemon is down. The bridge refuses to
+/// touch the consumer (and says why, in `/bridges`, `/readyz` and `check --online`);
+/// the 100 stay pending; putting the filter back delivers them all.
+#[tokio::test]
+async fn widened_filter_on_restart_is_refused_and_nothing_is_skipped() {
+    let source = JetStream::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let consumer = unique("bb").replace('-', "_");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let narrow = format!("filter_subject = \"{}\"", source.subject);
+    let wide = format!("filter_subject = \"{}.>\"", source.stream.to_lowercase());
+    let mut daemon = Daemon::start(
+        common::AMQP_URL,
+        &exchange,
+        &consumer_bridge(&source, &bridge, &consumer, &narrow),
+    )
+    .await;
+    daemon.wait_ready().await;
+    source.send_many(&source.subject, 10).await;
+    let first = rabbit
+        .take_exactly(&queue, 10, Duration::from_secs(20))
+        .await;
+    assert_eq!(sorted_ids(&first), source.ids(1, 10));
+    eventually_async(Duration::from_secs(10), "the 10 acked", || async {
+        source
+            .named_consumer(&consumer)
+            .await
+            .ack_floor
+            .stream_sequence
+            == 10
+    })
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+
+    source.send_many(&source.subject, 100).await;
+    assert_eq!(source.held(&consumer).await, 100);
+    daemon.write_bridges(&consumer_bridge(&source, &bridge, &consumer, &wide));
+
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_broker-bridge"))
+        .args(["check", "--online", "-c"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "check --online refuses: {said}"
+    );
+    assert!(
+        said.contains("key `filter_subject`") && said.contains(&consumer) && said.contains("100"),
+        "names the key, the consumer and what is pending: {said}"
+    );
+
+    daemon.restart().await;
+    let error = wait_bridge_error(&daemon, &bridge, "filter_subject").await;
+    assert!(error.contains(&consumer), "{error}");
+    let (code, body) = common::http_get(daemon.admin_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "not ready while the bridge is refused: {body}");
+    assert!(
+        rabbit
+            .take(&queue, 1, Duration::from_secs(1))
+            .await
+            .is_empty(),
+        "nothing published under the refused filter"
+    );
+    let info = source.named_consumer(&consumer).await;
+    assert_eq!(
+        info.config.filter_subject, source.subject,
+        "filter unchanged"
+    );
+    assert_eq!(info.ack_floor.stream_sequence, 10, "position unchanged");
+    assert_eq!(
+        info.num_pending + info.num_ack_pending as u64,
+        100,
+        "all still pending"
+    );
+
+    // The operator keeps the old filter: the reload is accepted and all 100 arrive.
+    daemon.write_bridges(&consumer_bridge(&source, &bridge, &consumer, &narrow));
+    let rest = rabbit
+        .take_exactly(&queue, 100, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        sorted_ids(&rest),
+        source.ids(11, 110),
+        "log: {}",
+        daemon.log()
+    );
+    eventually_async(Duration::from_secs(10), "all acked", || async {
+        source.held(&consumer).await == 0
+    })
+    .await;
+}
+
+/// The same edit through a hot reload while 100 messages are pending (the exchange is
+/// cut, so the bridge is not pulling): the reload is refused, the running bridge keeps
+/// its filter and delivers the 100 once the exchange is back.
+#[tokio::test]
+async fn widened_filter_on_reload_is_refused_and_the_old_bridge_keeps_delivering() {
+    let source = JetStream::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let consumer = unique("bb").replace('-', "_");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let narrow = format!("filter_subject = \"{}\"", source.subject);
+    let wide = format!("filter_subject = \"{}.>\"", source.stream.to_lowercase());
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let daemon = Daemon::start(
+        &proxy.amqp_url(),
+        &exchange,
+        &consumer_bridge(&source, &bridge, &consumer, &narrow),
+    )
+    .await;
+    daemon.wait_ready().await;
+    source.send_many(&source.subject, 10).await;
+    let first = rabbit
+        .take_exactly(&queue, 10, Duration::from_secs(20))
+        .await;
+    assert_eq!(sorted_ids(&first), source.ids(1, 10));
+
+    proxy.cut();
+    source.send_many(&source.subject, 100).await;
+    daemon.write_bridges(&consumer_bridge(&source, &bridge, &consumer, &wide));
+    let mut refused = String::new();
+    eventually(Duration::from_secs(20), "the reload is refused", || {
+        refused = daemon.bridges()["config"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        refused.contains("filter_subject")
+    })
+    .await;
+    assert!(
+        refused.contains(&bridge) && refused.contains(&consumer),
+        "names the bridge and the consumer: {refused}"
+    );
+    let metrics = daemon.metrics();
+    assert_eq!(
+        metrics.get("bridge_config_reloads_total", &[("result", "failure")]),
+        Some(1.0)
+    );
+    let info = source.named_consumer(&consumer).await;
+    assert_eq!(
+        info.config.filter_subject, source.subject,
+        "filter unchanged"
+    );
+    assert_eq!(
+        info.num_pending + info.num_ack_pending as u64,
+        100,
+        "all still pending"
+    );
+
+    proxy.restore();
+    let rest = rabbit
+        .take_exactly(&queue, 100, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        sorted_ids(&rest),
+        source.ids(11, 110),
+        "log: {}",
+        daemon.log()
+    );
+    let status = daemon.bridge_status(&bridge).unwrap();
+    assert_eq!(status["status"]["state"], "running");
+    eventually_async(Duration::from_secs(10), "all acked", || async {
+        source.held(&consumer).await == 0
+    })
+    .await;
+}
+
+/// A consumer an operator made (no filter, its own max_ack_pending and ack_wait, 2,000
+/// messages pending) is consumed as it is and never altered; a bridge that asks it for
+/// another filter is refused.
+#[tokio::test]
+async fn operator_consumer_is_used_as_it_is_and_never_altered() {
+    let source = JetStream::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let consumer = unique("ops").replace('-', "_");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let stream = source.context.get_stream(&source.stream).await.unwrap();
+    let operator = jetstream::consumer::pull::Config {
+        durable_name: Some(consumer.clone()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 4096,
+        ..Default::default()
+    };
+    stream.create_consumer(operator).await.unwrap();
+    let before = source.named_consumer(&consumer).await.config;
+    source.send_many(&source.subject, 2000).await;
+
+    let daemon = Daemon::start(
+        common::AMQP_URL,
+        &exchange,
+        &consumer_bridge(&source, &bridge, &consumer, ""),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let received = rabbit
+        .take_exactly(&queue, 2000, Duration::from_secs(60))
+        .await;
+    assert_eq!(sorted_ids(&received), source.ids(1, 2000));
+    eventually_async(Duration::from_secs(10), "all acked", || async {
+        source.held(&consumer).await == 0
+    })
+    .await;
+    let after = source.named_consumer(&consumer).await.config;
+    assert_eq!(after.max_ack_pending, 4096);
+    assert_eq!(after.ack_wait, Duration::from_secs(60));
+    assert_eq!(after.description, before.description);
+    assert_eq!(after.filter_subject, before.filter_subject);
+    assert!(
+        daemon.log().contains("used as it is"),
+        "the differences are logged: {}",
+        daemon.log()
+    );
+
+    // Asking the operator's consumer for a filter is refused; it stays as it was.
+    source.send_many(&source.subject, 5).await;
+    let narrow = format!("filter_subject = \"{}\"", source.subject);
+    daemon.write_bridges(&consumer_bridge(&source, &bridge, &consumer, &narrow));
+    eventually(Duration::from_secs(20), "the reload is refused", || {
+        daemon.bridges()["config"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("filter_subject") && e.contains(&consumer))
+    })
+    .await;
+    let rest = rabbit
+        .take_exactly(&queue, 5, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        sorted_ids(&rest),
+        source.ids(2001, 2005),
+        "the old bridge goes on"
+    );
+    let after = source.named_consumer(&consumer).await.config;
+    assert_eq!(after.filter_subject, "", "filter unchanged");
+    assert_eq!(after.max_ack_pending, 4096);
+}
+
+/// Our own consumer gets a new `max_ack_pending` (from `max_in_flight`) and `ack_wait`
+/// in place, with 300 messages pending: its filter and position stay, all 300 arrive.
+#[tokio::test]
+async fn our_consumer_takes_a_new_max_in_flight_without_moving() {
+    let source = JetStream::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let consumer = unique("bb").replace('-', "_");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let filter = format!("filter_subject = \"{}\"", source.subject);
+    let mut daemon = Daemon::start(
+        common::AMQP_URL,
+        &exchange,
+        &consumer_bridge(
+            &source,
+            &bridge,
+            &consumer,
+            &format!("{filter}\nmax_in_flight = 64"),
+        ),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let created = source.named_consumer(&consumer).await.config;
+    assert_eq!(created.max_ack_pending, 64);
+    assert!(
+        created
+            .description
+            .as_deref()
+            .is_some_and(|d| d.contains("broker-bridge")),
+        "marked as ours: {:?}",
+        created.description
+    );
+    assert_eq!(daemon.terminate(), Some(0));
+
+    source.send_many(&source.subject, 300).await;
+    daemon.write_bridges(&consumer_bridge(
+        &source,
+        &bridge,
+        &consumer,
+        &format!("{filter}\nmax_in_flight = 16\nack_wait = \"45s\""),
+    ));
+    daemon.restart().await;
+    daemon.wait_ready().await;
+    let received = rabbit
+        .take_exactly(&queue, 300, Duration::from_secs(60))
+        .await;
+    assert_eq!(sorted_ids(&received), source.ids(1, 300));
+    let updated = source.named_consumer(&consumer).await.config;
+    assert_eq!(updated.max_ack_pending, 16);
+    assert_eq!(updated.ack_wait, Duration::from_secs(45));
+    assert_eq!(updated.filter_subject, source.subject);
+    assert_eq!(updated.deliver_policy, created.deliver_policy);
+    eventually_async(Duration::from_secs(10), "all acked", || async {
+        source.held(&consumer).await == 0
+    })
     .await;
 }

@@ -76,6 +76,25 @@ pub enum SourceError {
     Subscription(String),
     #[error("acknowledgement failed: {0}")]
     Ack(String),
+    /// Starting would change a broker object in a way that loses or skips messages (or
+    /// one we did not create); nothing was changed. Retried, so an operator's fix at
+    /// the broker takes effect without a reload.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// How long `verify_position` waits for a broker before calling the spec unverified.
+pub const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a source's broker says about starting a bridge with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Starting moves no position (or the kind keeps none at its broker).
+    Safe,
+    /// The broker could not be asked; the bridge checks again when it connects.
+    Unverified(String),
+    /// Starting would move a position or change an object we did not create.
+    Refused(String),
 }
 
 /// The kind-specific part of a bridge's config.
@@ -173,6 +192,29 @@ impl SourceSpec {
                 let _ = (bridge, exchange);
                 Ok(())
             }
+        }
+    }
+
+    /// Asks the source's broker, before a reload restarts a bridge (or for `check
+    /// --online`), whether this spec would move a position there. Kinds that keep no
+    /// position at their broker, or cannot tell, answer `Safe`.
+    pub async fn verify_position(&self, bridge: &BridgeSpec) -> Verdict {
+        let asked = async {
+            match self {
+                #[cfg(feature = "nats")]
+                SourceSpec::JetStream(spec) => {
+                    nats::verify_jetstream(spec, &bridge.name, bridge.max_in_flight).await
+                }
+                _ => Ok(()),
+            }
+        };
+        match tokio::time::timeout(VERIFY_TIMEOUT, asked).await {
+            Ok(Ok(())) => Verdict::Safe,
+            Ok(Err(SourceError::Refused(reason))) => Verdict::Refused(reason),
+            Ok(Err(error)) => Verdict::Unverified(error.to_string()),
+            Err(_) => Verdict::Unverified(format!(
+                "no answer from the broker within {VERIFY_TIMEOUT:?}"
+            )),
         }
     }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::FromConsumer;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer::pull};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -331,6 +333,183 @@ impl Acker for JetStreamAck {
     }
 }
 
+/// Marks a consumer as created by broker-bridge: only such a consumer is ever updated.
+const OWNED_CONSUMER_MARK: &str = "created by broker-bridge";
+
+/// What to do with a durable consumer that already exists.
+#[derive(Debug)]
+enum ConsumerPlan {
+    /// Consume it unchanged; the notes say where it differs from our settings.
+    UseAsItIs { notes: Vec<String> },
+    /// Ours, and only settings that cannot move its position differ.
+    Update {
+        config: pull::Config,
+        changes: Vec<String>,
+    },
+}
+
+impl JetStreamSpec {
+    /// The durable consumer's name; default `broker-bridge-<bridge name>`.
+    pub fn consumer_name(&self, bridge: &str) -> String {
+        self.keys
+            .consumer
+            .clone()
+            .unwrap_or_else(|| format!("broker-bridge-{bridge}"))
+    }
+
+    /// The consumer this bridge creates when none exists.
+    fn consumer_config(&self, bridge: &str, max_in_flight: usize) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.consumer_name(bridge)),
+            description: Some(format!("{OWNED_CONSUMER_MARK} (bridge `{bridge}`)")),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.keys.ack_wait,
+            max_ack_pending: max_in_flight as i64,
+            filter_subject: self.keys.filter_subject.clone().unwrap_or_default(),
+            deliver_policy: match self.keys.start {
+                StartPosition::All => jetstream::consumer::DeliverPolicy::All,
+                StartPosition::New => jetstream::consumer::DeliverPolicy::New,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// The subjects a consumer delivers; empty for the whole stream.
+fn consumer_filters(filter_subject: &str, filter_subjects: &[String]) -> Vec<String> {
+    let mut filters: Vec<String> = std::iter::once(filter_subject)
+        .chain(filter_subjects.iter().map(String::as_str))
+        .filter(|f| !f.is_empty() && *f != ">")
+        .map(str::to_owned)
+        .collect();
+    filters.sort();
+    filters.dedup();
+    filters
+}
+
+fn filters_text(filters: &[String]) -> String {
+    if filters.is_empty() {
+        "none (the whole stream)".into()
+    } else {
+        filters
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Decides how to consume an existing durable consumer without moving its position.
+/// Its filter and deliver policy are never changed: the server would reposition it and
+/// skip what is pending. A consumer someone else created is never changed at all.
+/// `Err` is a refusal that names the key, the consumer and the way out.
+fn plan_existing_consumer(
+    existing: &jetstream::consumer::Info,
+    wanted: &pull::Config,
+    stream: &str,
+) -> Result<ConsumerPlan, String> {
+    let have = &existing.config;
+    let name = &existing.name;
+    if let Some(subject) = &have.deliver_subject {
+        return Err(format!(
+            "key `consumer`: `{name}` on stream `{stream}` is a push consumer (deliver subject `{subject}`); a jetstream bridge needs a pull consumer: name another `consumer`"
+        ));
+    }
+    if have.ack_policy != jetstream::consumer::AckPolicy::Explicit {
+        return Err(format!(
+            "key `consumer`: `{name}` on stream `{stream}` acks {:?}, not explicitly; the bridge acks each message after its confirm and needs AckPolicy explicit: name another `consumer`",
+            have.ack_policy
+        ));
+    }
+    let have_filters = consumer_filters(&have.filter_subject, &have.filter_subjects);
+    let want_filters = consumer_filters(&wanted.filter_subject, &wanted.filter_subjects);
+    if have_filters != want_filters {
+        return Err(format!(
+            "key `filter_subject`: consumer `{name}` on stream `{stream}` exists with filter {} but the bridge asks for {}; changing the filter of an existing consumer moves its position and skips the {} message(s) pending there, so broker-bridge leaves it unchanged. Keep the filter, or give the bridge a new `consumer` name (it starts as `start` says; the old consumer's ack floor is stream sequence {}), and delete the old consumer yourself when you no longer need it",
+            filters_text(&have_filters),
+            filters_text(&want_filters),
+            existing.num_pending + existing.num_ack_pending as u64,
+            existing.ack_floor.stream_sequence,
+        ));
+    }
+    let owned = have
+        .description
+        .as_deref()
+        .is_some_and(|d| d.starts_with(OWNED_CONSUMER_MARK))
+        // Consumers made before the mark existed carry our default name.
+        || have.durable_name.as_deref().is_some_and(|d| d.starts_with("broker-bridge-"));
+    let mut differences = Vec::new();
+    if have.ack_wait != wanted.ack_wait {
+        differences.push(format!(
+            "ack_wait {:?} (ours {:?})",
+            have.ack_wait, wanted.ack_wait
+        ));
+    }
+    if have.max_ack_pending != wanted.max_ack_pending {
+        differences.push(format!(
+            "max_ack_pending {} (ours {}, from max_in_flight)",
+            have.max_ack_pending, wanted.max_ack_pending
+        ));
+    }
+    if !owned {
+        let mut notes: Vec<String> = differences
+            .into_iter()
+            .map(|d| format!("consumer not created by broker-bridge, used as it is: {d}"))
+            .collect();
+        if have.max_deliver > 0 {
+            notes.push(format!(
+                "consumer not created by broker-bridge has max_deliver {}: a message redelivered that often (e.g. while the exchange is slower than ack_wait) is dropped by the server",
+                have.max_deliver
+            ));
+        }
+        return Ok(ConsumerPlan::UseAsItIs { notes });
+    }
+    let marked = have.description == wanted.description;
+    if differences.is_empty() && marked {
+        return Ok(ConsumerPlan::UseAsItIs { notes: Vec::new() });
+    }
+    if !marked {
+        differences.push("description (marks it as created by broker-bridge)".into());
+    }
+    // Start from the consumer as the server has it, so filter, deliver policy and
+    // everything else we do not own stay exactly as they are.
+    let mut config = pull::Config::try_from_consumer_config(have.clone())
+        .map_err(|e| format!("key `consumer`: `{name}` on stream `{stream}`: {e}"))?;
+    config.ack_wait = wanted.ack_wait;
+    config.max_ack_pending = wanted.max_ack_pending;
+    config.description = wanted.description.clone();
+    Ok(ConsumerPlan::Update {
+        config,
+        changes: differences,
+    })
+}
+
+/// Refuses (`SourceError::Refused`) what `connect_jetstream` would refuse about an
+/// existing consumer, without changing anything.
+pub async fn verify_jetstream(
+    spec: &JetStreamSpec,
+    bridge: &str,
+    max_in_flight: usize,
+) -> Result<(), SourceError> {
+    let client = connect_client(&spec.connection, bridge).await?;
+    let js = jetstream::new(client);
+    let Ok(stream) = js.get_stream(&spec.keys.stream).await else {
+        // A missing stream holds no position; connecting reports it.
+        return Ok(());
+    };
+    let durable = spec.consumer_name(bridge);
+    match stream.consumer_info(&durable).await {
+        Ok(info) => {
+            let wanted = spec.consumer_config(bridge, max_in_flight);
+            plan_existing_consumer(&info, &wanted, &spec.keys.stream)
+                .map(drop)
+                .map_err(SourceError::Refused)
+        }
+        Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(()),
+        Err(err) => Err(SourceError::Connect(format!("consumer `{durable}`: {err}"))),
+    }
+}
+
 pub async fn connect_jetstream(
     spec: &JetStreamSpec,
     context: &ConnectContext,
@@ -359,28 +538,38 @@ pub async fn connect_jetstream(
             )));
         }
     };
-    let durable = keys
-        .consumer
-        .clone()
-        .unwrap_or_else(|| format!("broker-bridge-{}", context.bridge));
-    let config = pull::Config {
-        durable_name: Some(durable.clone()),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: keys.ack_wait,
-        max_ack_pending: context.max_in_flight as i64,
-        filter_subject: keys.filter_subject.clone().unwrap_or_default(),
-        deliver_policy: match keys.start {
-            StartPosition::All => jetstream::consumer::DeliverPolicy::All,
-            StartPosition::New => jetstream::consumer::DeliverPolicy::New,
+    let durable = spec.consumer_name(&context.bridge);
+    let wanted = spec.consumer_config(&context.bridge, context.max_in_flight);
+    let consumer: jetstream::consumer::PullConsumer = match stream.consumer_info(&durable).await {
+        Ok(info) => match plan_existing_consumer(&info, &wanted, &keys.stream)
+            .map_err(SourceError::Refused)?
+        {
+            ConsumerPlan::UseAsItIs { notes } => {
+                for note in notes {
+                    tracing::warn!(consumer = %durable, "{note}");
+                }
+                stream
+                    .get_consumer(&durable)
+                    .await
+                    .map_err(|e| SourceError::Connect(format!("consumer `{durable}`: {e}")))?
+            }
+            ConsumerPlan::Update { config, changes } => {
+                tracing::info!(consumer = %durable, changes = %changes.join(", "), "updating our consumer");
+                stream.update_consumer(config).await.map_err(|e| {
+                    SourceError::Connect(format!("cannot update consumer `{durable}`: {e}"))
+                })?
+            }
         },
-        ..Default::default()
+        Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => {
+            tracing::info!(consumer = %durable, "creating the durable consumer");
+            stream.create_consumer_strict(wanted).await.map_err(|e| {
+                SourceError::Connect(format!("cannot create consumer `{durable}`: {e}"))
+            })?
+        }
+        Err(err) => {
+            return Err(SourceError::Connect(format!("consumer `{durable}`: {err}")));
+        }
     };
-    // Creating an existing durable with the same settings is a no-op; with changed
-    // editable settings (max_ack_pending, ack_wait) the server updates it.
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| SourceError::Connect(format!("consumer `{durable}`: {e}")))?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(context.max_in_flight.clamp(1, 1000))
@@ -479,5 +668,123 @@ mod tests {
         let err = NatsSpec::parse(table.as_object().unwrap().clone()).unwrap_err();
         assert!(err.starts_with("key `stream`: unknown key"), "{err}");
         assert!(err.contains("url") && err.contains("queue_group"), "{err}");
+    }
+
+    fn jetstream_spec(filter: Option<&str>) -> JetStreamSpec {
+        let mut table = serde_json::json!({"stream": "ORDERS", "consumer": "c1"});
+        if let Some(filter) = filter {
+            table["filter_subject"] = filter.into();
+        }
+        JetStreamSpec::parse(table.as_object().unwrap().clone()).unwrap()
+    }
+
+    /// An existing consumer as the server reports it: `config`, ack floor 10, 100 pending.
+    fn existing(config: impl jetstream::consumer::IntoConsumerConfig) -> jetstream::consumer::Info {
+        let config = serde_json::to_value(config.into_consumer_config()).unwrap();
+        serde_json::from_value(serde_json::json!({
+            "stream_name": "ORDERS",
+            "name": "c1",
+            "created": "2026-12-01T00:00:00Z",
+            "config": config,
+            "delivered": {"consumer_seq": 10, "stream_seq": 10},
+            "ack_floor": {"consumer_seq": 10, "stream_seq": 10},
+            "num_ack_pending": 0,
+            "num_redelivered": 0,
+            "num_waiting": 0,
+            "num_pending": 100,
+            "cluster": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_consumer_of_ours_is_used_as_it_is() {
+        let spec = jetstream_spec(Some("orders.a"));
+        let wanted = spec.consumer_config("b", 256);
+        let plan = plan_existing_consumer(&existing(wanted.clone()), &wanted, "ORDERS").unwrap();
+        assert!(
+            matches!(plan, ConsumerPlan::UseAsItIs { ref notes } if notes.is_empty()),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_changed_filter_is_refused_naming_key_consumer_and_pending() {
+        let created = jetstream_spec(Some("orders.a")).consumer_config("b", 256);
+        for filter in [Some("orders.>"), None, Some("orders.b")] {
+            let wanted = jetstream_spec(filter).consumer_config("b", 256);
+            let refusal =
+                plan_existing_consumer(&existing(created.clone()), &wanted, "ORDERS").unwrap_err();
+            assert!(refusal.starts_with("key `filter_subject`"), "{refusal}");
+            assert!(
+                refusal.contains("`c1`") && refusal.contains("`ORDERS`"),
+                "{refusal}"
+            );
+            assert!(refusal.contains("100 message(s) pending"), "{refusal}");
+            assert!(refusal.contains("stream sequence 10"), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn our_consumer_is_updated_only_in_settings_that_cannot_move_it() {
+        let created = jetstream_spec(Some("orders.a")).consumer_config("b", 256);
+        let mut spec = jetstream_spec(Some("orders.a"));
+        spec.keys.ack_wait = Duration::from_secs(45);
+        spec.keys.start = StartPosition::New;
+        let wanted = spec.consumer_config("b", 16);
+        let plan = plan_existing_consumer(&existing(created.clone()), &wanted, "ORDERS").unwrap();
+        let ConsumerPlan::Update { config, changes } = plan else {
+            panic!("expected an update, got {plan:?}");
+        };
+        assert_eq!(config.max_ack_pending, 16);
+        assert_eq!(config.ack_wait, Duration::from_secs(45));
+        assert_eq!(config.filter_subject, "orders.a");
+        // `start` only applies to a new consumer: the existing deliver policy stays.
+        assert_eq!(config.deliver_policy, created.deliver_policy);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+    }
+
+    #[test]
+    fn a_consumer_someone_else_made_is_never_updated() {
+        let operator = pull::Config {
+            durable_name: Some("c1".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 4096,
+            max_deliver: 5,
+            ..Default::default()
+        };
+        let wanted = jetstream_spec(None).consumer_config("b", 256);
+        let plan = plan_existing_consumer(&existing(operator), &wanted, "ORDERS").unwrap();
+        let ConsumerPlan::UseAsItIs { notes } = plan else {
+            panic!("expected use as it is, got {plan:?}");
+        };
+        assert!(
+            notes.iter().any(|n| n.contains("max_ack_pending 4096")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("max_deliver 5")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn consumers_that_cannot_be_acked_one_by_one_are_refused() {
+        let wanted = jetstream_spec(None).consumer_config("b", 256);
+        let ack_all = pull::Config {
+            durable_name: Some("c1".into()),
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            ..Default::default()
+        };
+        let refusal = plan_existing_consumer(&existing(ack_all), &wanted, "ORDERS").unwrap_err();
+        assert!(refusal.contains("explicit"), "{refusal}");
+        let push = jetstream::consumer::push::Config {
+            durable_name: Some("c1".into()),
+            deliver_subject: "out".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        };
+        let refusal = plan_existing_consumer(&existing(push), &wanted, "ORDERS").unwrap_err();
+        assert!(refusal.contains("push consumer"), "{refusal}");
     }
 }
