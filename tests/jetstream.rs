@@ -559,3 +559,123 @@ async fn our_consumer_takes_a_new_max_in_flight_without_moving() {
     })
     .await;
 }
+
+/// An exchange that exists with other settings (here an operator's fanout exchange) is
+/// never changed: the daemon reports RabbitMQ's refusal, pulls nothing, and the
+/// messages wait in the stream until the config says `declare = false`; then they all
+/// reach the queue the operator bound.
+#[tokio::test]
+async fn an_existing_exchange_with_other_settings_is_never_changed() {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let source = JetStream::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    rabbit
+        .channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let queue = unique("q");
+    rabbit
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::from(std::collections::BTreeMap::from([(
+                "x-expires".into(),
+                lapin::types::AMQPValue::LongInt(600_000),
+            )])),
+        )
+        .await
+        .unwrap();
+    rabbit
+        .channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    source.send_many(&source.subject, 5).await;
+
+    let daemon = Daemon::start(
+        common::AMQP_URL,
+        &exchange,
+        &bridge_table(&source, &bridge, ""),
+    )
+    .await;
+    let mut error = String::new();
+    eventually(
+        Duration::from_secs(20),
+        "the exchange refusal is shown",
+        || {
+            error = daemon.bridges()["exchange"]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            error.contains("inequivalent arg")
+        },
+    )
+    .await;
+    assert!(error.contains(&exchange), "names the exchange: {error}");
+    let (code, _) = common::http_get(daemon.admin_port, "/readyz").unwrap();
+    assert_eq!(code, 503);
+    let consumer = format!("broker-bridge-{bridge}");
+    eventually_async(
+        Duration::from_secs(20),
+        "the consumer holds all 5",
+        || async {
+            let stream = source.context.get_stream(&source.stream).await.unwrap();
+            stream
+                .consumer_info(&consumer)
+                .await
+                .is_ok_and(|info| info.num_pending == 5 && info.num_ack_pending == 0)
+        },
+    )
+    .await;
+
+    // The operator's exchange is still a fanout: a passive declare of it as such passes.
+    let check = rabbit.connection.create_channel().await.unwrap();
+    check
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the exchange kept its type and settings");
+
+    // Using it as it is: every pending message arrives at the operator's queue.
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    daemon.write_raw(&config.replace(
+        "confirm_timeout = \"5s\"",
+        "confirm_timeout = \"5s\"\ndeclare = false",
+    ));
+    let received = rabbit
+        .take_exactly(&queue, 5, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        sorted_ids(&received),
+        source.ids(1, 5),
+        "log: {}",
+        daemon.log()
+    );
+}
