@@ -364,3 +364,246 @@ async fn ticks_missed_during_an_exchange_outage_come_after_it_with_their_own_tim
     })
     .await;
 }
+
+// ---- Edited schedules (issue 21) ----
+//
+// The cursor file records the schedule it was written for. A changed schedule starts
+// from now: no tick of the new schedule's past is emitted (no burst), and the ticks of
+// the previous schedule still missed at the edit are reported in the log (skipped).
+
+/// How an edit of the bridge's table reaches the daemon.
+#[derive(Debug, Clone, Copy)]
+enum Edit {
+    /// The config file is rewritten while the daemon runs.
+    Reload,
+    /// The daemon is stopped (SIGTERM), the file rewritten, the daemon started again.
+    Restart,
+}
+
+/// The whole config text, with the test's state_dir (as `start` writes it).
+fn config_with_state(daemon: &Daemon, bridges: &str) -> String {
+    let state = daemon.dir.path().join("state");
+    config_text(
+        &daemon.exchange_url,
+        &daemon.exchange,
+        daemon.admin_port,
+        bridges,
+    )
+    .replace(
+        "[defaults]\n",
+        &format!("[defaults]\nstate_dir = \"{}\"\n", state.display()),
+    )
+}
+
+/// Applies `bridges` by reload or restart; returns the time of the edit (for a restart,
+/// when the new process starts, 3s after the stop).
+async fn edit(daemon: &mut Daemon, how: Edit, bridge: &str, bridges: &str) -> DateTime<Utc> {
+    let text = config_with_state(daemon, bridges);
+    let write = |daemon: &Daemon| {
+        let temporary = daemon.dir.path().join("broker-bridge.toml.new");
+        std::fs::write(&temporary, &text).unwrap();
+        std::fs::rename(&temporary, &daemon.config_path).unwrap();
+    };
+    let edited = match how {
+        Edit::Reload => {
+            let restarts = |d: &Daemon| {
+                d.bridge_status(bridge)
+                    .and_then(|b| b["counters"]["restarts"].as_u64())
+                    .unwrap_or(0)
+            };
+            let before = restarts(daemon);
+            let edited = Utc::now();
+            write(daemon);
+            eventually(
+                Duration::from_secs(20),
+                "the edited bridge restarted",
+                || restarts(daemon) > before,
+            )
+            .await;
+            edited
+        }
+        Edit::Restart => {
+            assert_eq!(daemon.terminate(), Some(0));
+            write(daemon);
+            // Down a while: the new schedule has a past since the cursor.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let edited = Utc::now();
+            daemon.restart().await;
+            edited
+        }
+    };
+    daemon.wait_running(bridge).await;
+    edited
+}
+
+/// Starts the daemon with a cursor file already in its state_dir.
+async fn start_with_cursor(
+    exchange: &str,
+    bridges: &str,
+    bridge: &str,
+    cursor_json: &str,
+) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("calendar")).unwrap();
+    std::fs::write(
+        state.join("calendar").join(format!("{bridge}.json")),
+        cursor_json,
+    )
+    .unwrap();
+    Daemon::start_with_text(dir, AMQP_URL, exchange, |port| {
+        config_text(AMQP_URL, exchange, port, bridges).replace(
+            "[defaults]\n",
+            &format!("[defaults]\nstate_dir = \"{}\"\n", state.display()),
+        )
+    })
+    .await
+}
+
+fn full_hour(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.timestamp() - time.timestamp().rem_euclid(3600), 0).unwrap()
+}
+
+/// The issue's example: an hourly bridge with catch_up, its cursor at the last full
+/// hour, edited to tick every second. Before the fix the new schedule's past (the
+/// seconds since the last full hour) came at once, up to catch_up of them.
+async fn hourly_to_every_second(how: Edit, new_rule: &str) {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("cal");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    // A cursor of the format before the schedule was recorded, one tick behind: the
+    // upgrade keeps catch-up, so the last full hour is emitted late.
+    let hour = full_hour(Utc::now());
+    let behind = hour - TimeDelta::hours(1);
+    let old_format = format!(
+        r#"{{"last_tick":"{}"}}"#,
+        behind.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let hourly = bridge_table(&bridge, "interval = \"1h\"\ncatch_up = 10");
+    let mut daemon = start_with_cursor(&exchange, &hourly, &bridge, &old_format).await;
+    let mut received = rabbit.take(&queue, 1, Duration::from_secs(15)).await;
+    assert_eq!(received.len(), 1, "log: {}", daemon.log());
+    assert_eq!(
+        tick_time(&bridge, &received[0].json()),
+        hour,
+        "caught up from an old-format cursor"
+    );
+    eventually(Duration::from_secs(10), "the cursor at the hour", || {
+        cursor(&daemon, &bridge) == Some(hour)
+    })
+    .await;
+    let text = std::fs::read_to_string(cursor_file(&daemon, &bridge)).unwrap();
+    assert!(
+        text.contains("\"schedule\""),
+        "the cursor records its schedule: {text}"
+    );
+
+    let every_second = bridge_table(&bridge, &format!("{new_rule}\ncatch_up = 10"));
+    let edited = edit(&mut daemon, how, &bridge, &every_second).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    received.extend(rabbit.take(&queue, 10_000, Duration::from_secs(2)).await);
+    let log = daemon.log();
+    let times = tally(&bridge, &received);
+    // Accounting: the old schedule's only due tick (the hour) was published before the
+    // edit; should the test have crossed a full hour, that tick too. Everything else
+    // is the new schedule from the edit on.
+    let before: Vec<DateTime<Utc>> = times.range(..=edited).map(|(t, _)| *t).collect();
+    assert!(
+        before.contains(&hour) && before.iter().all(|t| *t == full_hour(*t)),
+        "before the edit only the hourly schedule's ticks: {before:?}\nlog: {log}"
+    );
+    let after: BTreeMap<_, _> = times
+        .range(edited + TimeDelta::milliseconds(1)..)
+        .map(|(t, n)| (*t, *n))
+        .collect();
+    assert!(
+        after.len() >= 2,
+        "the new schedule ticks: {times:?}\nlog: {log}"
+    );
+    assert!(after.values().all(|n| *n == 1), "{after:?}");
+    let (first, _) = assert_consecutive(&after, &log);
+    assert!(
+        first > edited && first - edited <= TimeDelta::seconds(10),
+        "no burst of the new schedule's past: the first new tick is {first}, the edit \
+         was at {edited}\nlog: {log}"
+    );
+    assert!(log.contains("schedule changed"), "{log}");
+    assert!(
+        log.matches("emitting missed ticks late").count() <= 1,
+        "only the hourly catch-up at the start: {log}"
+    );
+}
+
+#[tokio::test]
+async fn an_edited_schedule_on_reload_starts_from_now_without_a_burst() {
+    hourly_to_every_second(Edit::Reload, "interval = \"1s\"").await;
+}
+
+#[tokio::test]
+async fn an_edited_schedule_across_a_restart_starts_from_now_without_a_burst() {
+    hourly_to_every_second(Edit::Restart, "schedule = \"* * * * * *\"").await;
+}
+
+/// Every second, stopped, edited to every other second, started again 3s later: the
+/// every-other-second ticks of the downtime do not come, and the every-second ticks
+/// missed in the downtime (due before the edit took effect) are reported as skipped.
+#[tokio::test]
+async fn ticks_of_the_previous_schedule_missed_at_the_edit_are_reported() {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("cal");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let table = bridge_table(&bridge, "interval = \"1s\"\ncatch_up = 10");
+    let mut daemon = start(AMQP_URL, &exchange, &table).await;
+    let mut received = rabbit.take(&queue, 2, Duration::from_secs(15)).await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    let every_other = bridge_table(&bridge, "schedule = \"*/2 * * * * *\"\ncatch_up = 10");
+    let edited = edit(&mut daemon, Edit::Restart, &bridge, &every_other).await;
+    let stopped = *tally(&bridge, &received).keys().last().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    received.extend(rabbit.take(&queue, 10_000, Duration::from_secs(2)).await);
+    let log = daemon.log();
+    let times = tally(&bridge, &received);
+    assert!(times.values().all(|n| *n == 1), "{times:?}");
+    let first_run: BTreeMap<_, _> = times.range(..=stopped).map(|(t, n)| (*t, *n)).collect();
+    assert_consecutive(&first_run, &log);
+    let confirmed = cursor_before_restart(&log).unwrap_or(stopped);
+    let after: Vec<DateTime<Utc>> = times
+        .range(confirmed + TimeDelta::seconds(1)..)
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(!after.is_empty(), "{times:?}\nlog: {log}");
+    assert!(
+        after
+            .iter()
+            .all(|t| *t > edited && t.timestamp().rem_euclid(2) == 0),
+        "after the edit only the new schedule, from now on: {after:?}, edited at {edited}\nlog: {log}"
+    );
+    // The every-second ticks after the last confirmed one, up to the restart: reported.
+    let reported = format!(
+        "tick(s) of the previous schedule from {} to ",
+        (confirmed + TimeDelta::seconds(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    assert!(
+        log.contains(&reported),
+        "the missed ticks of the old schedule are reported ({reported}...): {log}"
+    );
+}
+
+/// The last confirmed tick the second process resumed from, from its log line
+/// ("schedule changed ... last confirmed tick <time>").
+fn cursor_before_restart(log: &str) -> Option<DateTime<Utc>> {
+    let line = log.lines().find(|l| l.contains("schedule changed"))?;
+    let (_, rest) = line.split_once("last confirmed tick ")?;
+    let text: String = rest.chars().take(20).collect();
+    Some(
+        DateTime::parse_from_rfc3339(&text)
+            .ok()?
+            .with_timezone(&Utc),
+    )
+}

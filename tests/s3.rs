@@ -345,3 +345,394 @@ async fn killed_between_publish_and_confirm_publishes_again_with_the_same_id() {
     assert_eq!(again[0].json()["id"], first[0].json()["id"]);
     assert_eq!(again[0].json()["subject"], "report.pdf");
 }
+
+// ---- Edited source settings (issue 21) ----
+//
+// The cursor holds every object this bridge has published, by key. An edit of `prefix`
+// or `suffix` keeps it: what is newly in scope and was never published is published,
+// nothing already published comes again, and objects the new filter leaves out stay in
+// the bucket (published should a later filter include them). Another `bucket` starts
+// afresh: every object of the new bucket is published.
+
+/// How an edit of the bridge's table reaches the daemon.
+#[derive(Debug, Clone, Copy)]
+enum Edit {
+    /// The config file is rewritten while the daemon runs.
+    Reload,
+    /// The daemon is stopped (SIGTERM), the file rewritten, the daemon started again.
+    Restart,
+}
+
+/// The whole config text, with the test's state_dir (as `start` writes it).
+fn config_with_state(daemon: &Daemon, bridges: &str) -> String {
+    let state = daemon.dir.path().join("state");
+    config_text(
+        &daemon.exchange_url,
+        &daemon.exchange,
+        daemon.admin_port,
+        bridges,
+    )
+    .replace(
+        "[defaults]\n",
+        &format!("[defaults]\nstate_dir = \"{}\"\n", state.display()),
+    )
+}
+
+/// Applies `bridges` by reload or restart; returns once the edited bridge runs again.
+async fn edit(daemon: &mut Daemon, how: Edit, bridge: &str, bridges: &str) {
+    let text = config_with_state(daemon, bridges);
+    let write = |daemon: &Daemon| {
+        // Write then rename, as editors and config management do.
+        let temporary = daemon.dir.path().join("broker-bridge.toml.new");
+        std::fs::write(&temporary, &text).unwrap();
+        std::fs::rename(&temporary, &daemon.config_path).unwrap();
+    };
+    match how {
+        Edit::Reload => {
+            let restarts = |d: &Daemon| {
+                d.bridge_status(bridge)
+                    .and_then(|b| b["counters"]["restarts"].as_u64())
+                    .unwrap_or(0)
+            };
+            let before = restarts(daemon);
+            write(daemon);
+            eventually(
+                Duration::from_secs(20),
+                "the edited bridge restarted",
+                || restarts(daemon) > before,
+            )
+            .await;
+        }
+        Edit::Restart => {
+            assert_eq!(daemon.terminate(), Some(0));
+            write(daemon);
+            daemon.restart().await;
+        }
+    }
+    daemon.wait_running(bridge).await;
+}
+
+/// A bridge that polls once when it starts and then only every hour: objects written
+/// after its first poll stay pending until the edit restarts it.
+fn rare_poll_table(name: &str, bucket: &str, extra: &str) -> String {
+    bridge_table(name, bucket, extra).replace("poll_interval = \"300ms\"", "poll_interval = \"1h\"")
+}
+
+/// `created <key>` / `removed <key>` of each event, sorted.
+fn changes(received: &[Received]) -> Vec<String> {
+    let mut out: Vec<String> = received
+        .iter()
+        .map(|r| {
+            let event = r.json();
+            let what = match event["type"].as_str().unwrap() {
+                "com.amazonaws.s3.ObjectRemoved" => "removed",
+                _ => "created",
+            };
+            format!("{what} {}", event["subject"].as_str().unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits for exactly `expected` (see `changes`), then 2s more in which nothing else
+/// may arrive. The bridge polls every hour, so after the edit there is one poll: what
+/// it did not publish, it does not publish later either.
+async fn expect_changes(
+    rabbit: &Rabbit,
+    queue: &str,
+    expected: &[&str],
+    daemon: &Daemon,
+    what: &str,
+) -> Vec<Received> {
+    let mut received = rabbit
+        .take(queue, expected.len(), Duration::from_secs(20))
+        .await;
+    received.extend(rabbit.take(queue, 1, Duration::from_secs(2)).await);
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        changes(&received),
+        expected,
+        "{what}; log: {}",
+        daemon.log()
+    );
+    received
+}
+
+async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
+    s3.delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Which filter key a scenario edits, and object names in and out of its narrow value.
+#[derive(Debug, Clone, Copy)]
+enum Filter {
+    Prefix,
+    Suffix,
+}
+
+impl Filter {
+    fn key(self) -> &'static str {
+        match self {
+            Filter::Prefix => "prefix",
+            Filter::Suffix => "suffix",
+        }
+    }
+    /// The narrow value; the wide one is "" (everything).
+    fn narrow(self) -> &'static str {
+        match self {
+            Filter::Prefix => "in/",
+            Filter::Suffix => ".csv",
+        }
+    }
+    /// A key the narrow filter includes.
+    fn inside(self, name: &str) -> String {
+        match self {
+            Filter::Prefix => format!("in/{name}"),
+            Filter::Suffix => format!("{name}.csv"),
+        }
+    }
+    /// A key the narrow filter leaves out.
+    fn outside(self, name: &str) -> String {
+        match self {
+            Filter::Prefix => format!("out/{name}"),
+            Filter::Suffix => format!("{name}.txt"),
+        }
+    }
+}
+
+/// Narrow, widen, narrow, widen again, with objects pending (written or removed but
+/// not published yet) at every edit. Accounting at each step: every pending object in
+/// the new scope is published after the edit; one outside it stays in the bucket and is
+/// published when a later edit includes it; nothing is published twice.
+async fn filter_edits_keep_the_cursor(filter: Filter, how: Edit) {
+    let s3 = client();
+    let bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let table = |value: &str| {
+        rare_poll_table(
+            &bridge,
+            &bucket,
+            &format!("{} = \"{value}\"\nremoved = true", filter.key()),
+        )
+    };
+    let (a, b, c, d) = (
+        filter.inside("a"),
+        filter.inside("b"),
+        filter.inside("c"),
+        filter.inside("d"),
+    );
+    let (x, y, z) = (
+        filter.outside("x"),
+        filter.outside("y"),
+        filter.outside("z"),
+    );
+    for key in [&a, &b, &x] {
+        put(&s3, &bucket, key, "1", "text/plain").await;
+    }
+    let mut daemon = start(AMQP_URL, &exchange, &table(filter.narrow())).await;
+    let first = expect_changes(
+        &rabbit,
+        &queue,
+        &[&format!("created {a}"), &format!("created {b}")],
+        &daemon,
+        "the first poll, narrow",
+    )
+    .await;
+    let index = daemon.dir.path().join(format!("state/s3/{bridge}.index"));
+    eventually(Duration::from_secs(10), "the first poll finished", || {
+        std::fs::read_to_string(&index).is_ok_and(|t| t.contains(&format!("\"{b}\"")))
+    })
+    .await;
+
+    // Widen. Pending: c created (in both scopes), y created (only in the new one), a
+    // removed. Already published and unchanged: b. Never published, now in scope: x.
+    put(&s3, &bucket, &c, "1", "text/plain").await;
+    put(&s3, &bucket, &y, "1", "text/plain").await;
+    delete(&s3, &bucket, &a).await;
+    edit(&mut daemon, how, &bridge, &table("")).await;
+    expect_changes(
+        &rabbit,
+        &queue,
+        &[
+            &format!("removed {a}"),
+            &format!("created {c}"),
+            &format!("created {x}"),
+            &format!("created {y}"),
+        ],
+        &daemon,
+        "widened: what is newly in scope, the pending removal, and not b again",
+    )
+    .await;
+    assert!(
+        daemon.log().contains("filter changed"),
+        "the edit is logged: {}",
+        daemon.log()
+    );
+
+    // Narrow. Pending: d (in scope) and z (left out by the new filter).
+    put(&s3, &bucket, &d, "1", "text/plain").await;
+    put(&s3, &bucket, &z, "1", "text/plain").await;
+    edit(&mut daemon, how, &bridge, &table(filter.narrow())).await;
+    expect_changes(
+        &rabbit,
+        &queue,
+        &[&format!("created {d}")],
+        &daemon,
+        "narrowed: the pending d only; b and c are not published again",
+    )
+    .await;
+
+    // Widen again: z, still in the bucket, is published now; x and y, published while
+    // they were in scope, are not published again.
+    edit(&mut daemon, how, &bridge, &table("")).await;
+    expect_changes(
+        &rabbit,
+        &queue,
+        &[&format!("created {z}")],
+        &daemon,
+        "widened again: z only",
+    )
+    .await;
+    // b's event of the first poll was its only one.
+    assert!(first.iter().any(|r| {
+        r.json()["id"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{bucket}/{b}@"))
+    }));
+}
+
+#[tokio::test]
+async fn prefix_edits_on_reload_publish_what_is_newly_in_scope_and_nothing_twice() {
+    filter_edits_keep_the_cursor(Filter::Prefix, Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn prefix_edits_across_a_restart_publish_what_is_newly_in_scope_and_nothing_twice() {
+    filter_edits_keep_the_cursor(Filter::Prefix, Edit::Restart).await;
+}
+
+#[tokio::test]
+async fn suffix_edits_on_reload_publish_what_is_newly_in_scope_and_nothing_twice() {
+    filter_edits_keep_the_cursor(Filter::Suffix, Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn suffix_edits_across_a_restart_publish_what_is_newly_in_scope_and_nothing_twice() {
+    filter_edits_keep_the_cursor(Filter::Suffix, Edit::Restart).await;
+}
+
+/// Another bucket starts afresh: every object in it is published, none skipped. The
+/// object left pending in the old bucket is reported by the log line and published when
+/// the bridge is pointed at that bucket again, together with the objects published
+/// before (again, with their ids: the cursor holds one bucket, as documented).
+async fn a_bucket_edit_starts_afresh(how: Edit) {
+    let s3 = client();
+    let first_bucket = bucket(&s3).await;
+    let second_bucket = bucket(&s3).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    put(&s3, &first_bucket, "a1", "1", "text/plain").await;
+    put(&s3, &first_bucket, "a2", "1", "text/plain").await;
+    put(&s3, &second_bucket, "b1", "1", "text/plain").await;
+    let mut daemon = start(
+        AMQP_URL,
+        &exchange,
+        &rare_poll_table(&bridge, &first_bucket, ""),
+    )
+    .await;
+    let first = expect_changes(
+        &rabbit,
+        &queue,
+        &["created a1", "created a2"],
+        &daemon,
+        "the first bucket",
+    )
+    .await;
+    let index = daemon.dir.path().join(format!("state/s3/{bridge}.index"));
+    eventually(Duration::from_secs(10), "the first poll finished", || {
+        std::fs::read_to_string(&index).is_ok_and(|t| t.contains("\"a2\""))
+    })
+    .await;
+
+    // Pending: a3 in the first bucket, b2 in the second.
+    put(&s3, &first_bucket, "a3", "1", "text/plain").await;
+    put(&s3, &second_bucket, "b2", "1", "text/plain").await;
+    edit(
+        &mut daemon,
+        how,
+        &bridge,
+        &rare_poll_table(&bridge, &second_bucket, ""),
+    )
+    .await;
+    let second = expect_changes(
+        &rabbit,
+        &queue,
+        &["created b1", "created b2"],
+        &daemon,
+        "the second bucket: every object in it",
+    )
+    .await;
+    assert!(
+        second
+            .iter()
+            .all(|r| r.json()["source"] == format!("s3://{second_bucket}"))
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("cursor is for bucket `{first_bucket}`")),
+        "the bucket change is reported: {log}"
+    );
+
+    edit(
+        &mut daemon,
+        how,
+        &bridge,
+        &rare_poll_table(&bridge, &first_bucket, ""),
+    )
+    .await;
+    let back = expect_changes(
+        &rabbit,
+        &queue,
+        &["created a1", "created a2", "created a3"],
+        &daemon,
+        "back on the first bucket: a3 at last, a1 and a2 again",
+    )
+    .await;
+    let ids = |received: &[Received], key: &str| -> Vec<Value> {
+        received
+            .iter()
+            .map(Received::json)
+            .filter(|e| e["subject"] == key)
+            .map(|e| e["id"].clone())
+            .collect()
+    };
+    for key in ["a1", "a2"] {
+        assert_eq!(ids(&back, key), ids(&first, key), "{key} again, same id");
+    }
+}
+
+#[tokio::test]
+async fn a_bucket_edit_on_reload_publishes_every_object_of_the_new_bucket() {
+    a_bucket_edit_starts_afresh(Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn a_bucket_edit_across_a_restart_publishes_every_object_of_the_new_bucket() {
+    a_bucket_edit_starts_afresh(Edit::Restart).await;
+}

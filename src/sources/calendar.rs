@@ -48,8 +48,7 @@
 //! exchange (RFC 3339 UTC). It advances only after the publisher confirm: while ticks are
 //! caught up several are in flight, and the cursor is the end of the contiguous
 //! confirmed prefix (`in_order`). It is written atomically (temp file + rename). A first
-//! start without a cursor file writes "now": nothing from the past is emitted. A changed
-//! schedule keeps the cursor (it is a time).
+//! start without a cursor file writes "now": nothing from the past is emitted.
 //!
 //! One rule covers restarts and exchange outages: when the bridge asks for the next tick
 //! (it does only while the exchange is connected and it has an in-flight permit), a tick
@@ -60,6 +59,17 @@
 //! for. A scheduled time is never emitted twice by one process; after a restart (or a
 //! reload whose drain timed out), a tick whose confirm was not persisted may come again,
 //! with the same id (at-least-once).
+//!
+//! # A changed schedule
+//!
+//! The cursor file also records the schedule its last tick belongs to: `schedule` or
+//! `interval`, `timezone` and `exclusion_dates` (not `catch_up` or `data`). When a bridge
+//! starts (reload or restart) with another schedule, the new schedule starts from now:
+//! none of its ticks before now is emitted, whatever `catch_up` says, as they were never
+//! scheduled. Ticks of the previous schedule still missed at that moment (the daemon was
+//! down, or the exchange was) are skipped too; both are logged (warn), the skipped ticks
+//! with their number and range. An unchanged schedule resumes and catches up as above. A
+//! cursor file without the schedule (written by an earlier version) counts as unchanged.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -435,11 +445,105 @@ impl Ticker {
     }
 }
 
+/// What decides the ticks, as the cursor file records it: a changed schedule starts
+/// from now (see "A changed schedule").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Fingerprint {
+    /// The cron expression, its fields separated by one space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval_seconds: Option<u64>,
+    timezone: String,
+    /// Sorted, without repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    exclusion_dates: Vec<String>,
+}
+
+impl Fingerprint {
+    fn of(spec: &CalendarSpec) -> Fingerprint {
+        let mut exclusion_dates = spec.exclusion_dates.clone();
+        exclusion_dates.sort();
+        exclusion_dates.dedup();
+        Fingerprint {
+            schedule: spec
+                .schedule
+                .as_ref()
+                .map(|cron| cron.split_whitespace().collect::<Vec<_>>().join(" ")),
+            interval_seconds: spec.interval.map(|interval| interval.as_secs()),
+            timezone: spec.timezone.clone(),
+            exclusion_dates,
+        }
+    }
+
+    /// The schedule recorded, to count the ticks it missed.
+    fn schedule(&self) -> Result<Schedule, String> {
+        Schedule::new(&CalendarSpec {
+            schedule: self.schedule.clone(),
+            interval: self.interval_seconds.map(Duration::from_secs),
+            timezone: self.timezone.clone(),
+            exclusion_dates: self.exclusion_dates.clone(),
+            catch_up: 0,
+            data: None,
+        })
+    }
+
+    /// `cron `0 * * * *` in UTC`, `every 1h`, with the exclusion dates.
+    fn describe(&self) -> String {
+        let rule = match (&self.schedule, self.interval_seconds) {
+            (Some(cron), _) => format!("cron `{cron}` in {}", self.timezone),
+            (None, Some(secs)) => format!("every {}", human(Duration::from_secs(secs))),
+            (None, None) => "no schedule".into(),
+        };
+        if self.exclusion_dates.is_empty() {
+            rule
+        } else {
+            format!(
+                "{rule}, excluding {} in {}",
+                self.exclusion_dates.join(", "),
+                self.timezone
+            )
+        }
+    }
+}
+
 /// The cursor file's contents.
 #[derive(Debug, Serialize, Deserialize)]
 struct CursorFile {
     /// The last tick the exchange confirmed (RFC 3339 UTC).
     last_tick: String,
+    /// The `Fingerprint` of the schedule `last_tick` belongs to; absent in files written
+    /// before it was recorded (taken as unchanged), kept as JSON so that one this
+    /// version cannot read counts as changed rather than damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<Value>,
+}
+
+/// A cursor file read.
+#[derive(Debug, Clone, PartialEq)]
+struct Stored {
+    last_tick: DateTime<Utc>,
+    schedule: Option<Value>,
+}
+
+/// Whether the stored cursor belongs to the current schedule.
+#[derive(Debug, Clone, PartialEq)]
+enum Resume {
+    /// Same schedule (or a file of an earlier version): resume after the last tick.
+    Unchanged,
+    /// Another schedule; the previous one when it can be read.
+    Changed(Option<Fingerprint>),
+}
+
+fn resume(stored: &Stored, current: &Fingerprint) -> Resume {
+    let Some(recorded) = &stored.schedule else {
+        return Resume::Unchanged;
+    };
+    match serde_json::from_value::<Fingerprint>(recorded.clone()) {
+        Ok(previous) if previous == *current => Resume::Unchanged,
+        Ok(previous) => Resume::Changed(Some(previous)),
+        Err(_) => Resume::Changed(None),
+    }
 }
 
 fn cursor_path(state_dir: &Path, bridge: &str) -> PathBuf {
@@ -450,8 +554,8 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> SourceError {
     SourceError::Connect(format!("cursor: cannot {what} {}: {e}", path.display()))
 }
 
-/// The last confirmed tick, or `None` without a cursor file.
-fn read_cursor(path: &Path) -> Result<Option<DateTime<Utc>>, SourceError> {
+/// The last confirmed tick and its schedule, or `None` without a cursor file.
+fn read_cursor(path: &Path) -> Result<Option<Stored>, SourceError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -459,8 +563,13 @@ fn read_cursor(path: &Path) -> Result<Option<DateTime<Utc>>, SourceError> {
     };
     serde_json::from_slice::<CursorFile>(&bytes)
         .ok()
-        .and_then(|file| DateTime::parse_from_rfc3339(&file.last_tick).ok())
-        .map(|time| Some(time.with_timezone(&Utc)))
+        .and_then(|file| {
+            let time = DateTime::parse_from_rfc3339(&file.last_tick).ok()?;
+            Some(Some(Stored {
+                last_tick: time.with_timezone(&Utc),
+                schedule: file.schedule,
+            }))
+        })
         .ok_or_else(|| {
             SourceError::Connect(format!(
                 "cursor: {} is damaged (delete it to start at the current time)",
@@ -470,10 +579,16 @@ fn read_cursor(path: &Path) -> Result<Option<DateTime<Utc>>, SourceError> {
 }
 
 /// Writes the cursor atomically: temp file, fsync, rename.
-fn write_cursor(path: &Path, tick: DateTime<Utc>) -> std::io::Result<()> {
+fn write_cursor(path: &Path, tick: DateTime<Utc>, schedule: &Fingerprint) -> std::io::Result<()> {
     use std::io::Write;
-    let contents = serde_json::to_vec(&CursorFile {
+    #[derive(Serialize)]
+    struct Written<'a> {
+        last_tick: String,
+        schedule: &'a Fingerprint,
+    }
+    let contents = serde_json::to_vec(&Written {
         last_tick: tick_text(tick),
+        schedule,
     })
     .expect("serializable");
     let tmp = path.with_extension("json.tmp");
@@ -489,6 +604,8 @@ struct Progress {
     order: InOrder<DateTime<Utc>>,
     /// The tick last written to the cursor file.
     persisted: DateTime<Utc>,
+    /// The schedule the ticks belong to, written with each.
+    schedule: Fingerprint,
 }
 
 impl Progress {
@@ -497,7 +614,7 @@ impl Progress {
         if let Some(&last) = released.last()
             && last > self.persisted
         {
-            write_cursor(&self.path, last)?;
+            write_cursor(&self.path, last, &self.schedule)?;
             self.persisted = last;
         }
         Ok(())
@@ -624,6 +741,47 @@ impl Source for CalendarSource {
     }
 }
 
+/// Logs a schedule change: the new schedule starts from `now`, and the ticks of the
+/// previous one after `last_tick` up to `now` are skipped.
+async fn report_schedule_change(
+    previous: Option<Fingerprint>,
+    current: &Fingerprint,
+    last_tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
+    tracing::warn!(
+        "schedule changed ({} -> {}): last confirmed tick {} under the previous schedule; \
+         the new schedule starts from now ({}), none of its earlier ticks are emitted",
+        previous
+            .as_ref()
+            .map_or_else(|| "unreadable".to_owned(), Fingerprint::describe),
+        current.describe(),
+        tick_text(last_tick),
+        tick_text(now),
+    );
+    let Some(old) = previous.and_then(|p| p.schedule().ok()) else {
+        return;
+    };
+    // Due ticks: up to `now` itself (ticks are whole seconds).
+    let limit = now + TimeDelta::seconds(1);
+    let Some(first) = old.next_after(last_tick).filter(|t| *t < limit) else {
+        return;
+    };
+    // A long gap of a frequent schedule takes a while to walk: off the runtime's threads.
+    let skipped = tokio::task::spawn_blocking(move || plan(&old, first, limit, 0).skipped)
+        .await
+        .ok()
+        .flatten();
+    if let Some(skipped) = skipped {
+        tracing::warn!(
+            "{} tick(s) of the previous schedule from {} to {} were missed and are skipped (the schedule changed)",
+            skipped.count,
+            tick_text(skipped.first),
+            tick_text(skipped.last),
+        );
+    }
+}
+
 /// Reads (or, on a first start, writes) the cursor and starts ticking after it.
 pub(super) async fn connect(
     spec: &CalendarSpec,
@@ -634,14 +792,28 @@ pub(super) async fn connect(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io_error("create", parent, e))?;
     }
+    let fingerprint = Fingerprint::of(spec);
+    let write =
+        |tick| write_cursor(&path, tick, &fingerprint).map_err(|e| io_error("write", &path, e));
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("in range");
     let cursor = match read_cursor(&path)? {
-        Some(cursor) => {
-            tracing::info!(last_tick = %tick_text(cursor), "resuming after the last confirmed tick");
-            cursor
-        }
+        Some(stored) => match resume(&stored, &fingerprint) {
+            Resume::Unchanged => {
+                if stored.schedule.is_none() {
+                    // A file of an earlier version: record the schedule from now on.
+                    write(stored.last_tick)?;
+                }
+                tracing::info!(last_tick = %tick_text(stored.last_tick), "resuming after the last confirmed tick");
+                stored.last_tick
+            }
+            Resume::Changed(previous) => {
+                write(now)?;
+                report_schedule_change(previous, &fingerprint, stored.last_tick, now).await;
+                now
+            }
+        },
         None => {
-            let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("in range");
-            write_cursor(&path, now).map_err(|e| io_error("write", &path, e))?;
+            write(now)?;
             tracing::info!(start = %tick_text(now), "no cursor yet: ticking from now on");
             now
         }
@@ -659,6 +831,7 @@ pub(super) async fn connect(
             path,
             order: InOrder::default(),
             persisted: cursor,
+            schedule: fingerprint,
         })),
         lag: context.metrics.clone(),
     }))
@@ -1096,25 +1269,107 @@ data = { job = "sync", n = 2, tags = ["a"] }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.json");
         let start = utc("2026-11-22T10:00:00Z");
+        let every_minute = Fingerprint::of(&spec(serde_json::json!({"interval": "1m"})).unwrap());
         let mut progress = Progress {
             path: path.clone(),
             order: InOrder::default(),
             persisted: start,
+            schedule: every_minute,
         };
         let tickets: Vec<Ticket> = (1..=3)
             .map(|m| progress.order.push(start + TimeDelta::minutes(m)))
             .collect();
+        let last_tick = |path: &Path| read_cursor(path).unwrap().map(|s| s.last_tick);
         progress.confirm(tickets[1]).unwrap();
-        assert_eq!(read_cursor(&path).unwrap(), None, "waits for the first");
+        assert_eq!(last_tick(&path), None, "waits for the first");
         progress.confirm(tickets[0]).unwrap();
-        assert_eq!(
-            read_cursor(&path).unwrap(),
-            Some(utc("2026-11-22T10:02:00Z"))
-        );
+        assert_eq!(last_tick(&path), Some(utc("2026-11-22T10:02:00Z")));
         progress.confirm(tickets[2]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, r#"{"last_tick":"2026-11-22T10:03:00Z"}"#);
+        assert_eq!(
+            text,
+            r#"{"last_tick":"2026-11-22T10:03:00Z","schedule":{"interval_seconds":60,"timezone":"UTC"}}"#
+        );
         std::fs::write(&path, "garbage").unwrap();
         assert!(read_cursor(&path).is_err());
+    }
+
+    #[test]
+    fn a_changed_schedule_is_noticed_and_an_old_cursor_file_is_not_one() {
+        let fingerprint = |keys: Value| Fingerprint::of(&spec(keys).unwrap());
+        let hourly = fingerprint(serde_json::json!({"interval": "1h", "catch_up": 3}));
+        let stored = |schedule: Option<Value>| Stored {
+            last_tick: utc("2026-11-22T10:00:00Z"),
+            schedule,
+        };
+        let recorded = Some(serde_json::to_value(&hourly).unwrap());
+        assert_eq!(
+            resume(&stored(recorded.clone()), &hourly),
+            Resume::Unchanged
+        );
+        assert_eq!(
+            resume(&stored(None), &hourly),
+            Resume::Unchanged,
+            "a file of an earlier version keeps catch-up"
+        );
+        assert_eq!(
+            resume(
+                &stored(recorded.clone()),
+                &fingerprint(serde_json::json!({"interval": "1h", "catch_up": 9, "data": 1}))
+            ),
+            Resume::Unchanged,
+            "catch_up and data do not change the ticks"
+        );
+        for other in [
+            serde_json::json!({"interval": "1s"}),
+            serde_json::json!({"schedule": "0 * * * *"}),
+            serde_json::json!({"interval": "1h", "timezone": "Europe/Berlin"}),
+            serde_json::json!({"interval": "1h", "exclusion_dates": ["2026-12-25"]}),
+        ] {
+            assert_eq!(
+                resume(&stored(recorded.clone()), &fingerprint(other.clone())),
+                Resume::Changed(Some(hourly.clone())),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            resume(&stored(Some(serde_json::json!("v9"))), &hourly),
+            Resume::Changed(None),
+            "unreadable: changed, not damaged"
+        );
+        // Spelling that changes nothing.
+        assert_eq!(
+            fingerprint(serde_json::json!({"schedule": " 0  *  * * *"})),
+            fingerprint(serde_json::json!({"schedule": "0 * * * *"}))
+        );
+        assert_eq!(
+            fingerprint(
+                serde_json::json!({"interval": "1h", "exclusion_dates": ["2026-12-26", "2026-12-25", "2026-12-25"]})
+            ),
+            fingerprint(
+                serde_json::json!({"interval": "60m", "exclusion_dates": ["2026-12-25", "2026-12-26"]})
+            )
+        );
+        // The recorded schedule can be evaluated again, to count what it missed.
+        let back = hourly.schedule().unwrap();
+        assert_eq!(
+            ticks(&back, "2026-11-22T10:00:00Z", 1),
+            ["2026-11-22T11:00:00Z"]
+        );
+        assert_eq!(hourly.describe(), "every 1h");
+    }
+
+    #[test]
+    fn cursor_files_of_an_earlier_version_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.json");
+        std::fs::write(&path, r#"{"last_tick":"2026-11-22T10:00:00Z"}"#).unwrap();
+        assert_eq!(
+            read_cursor(&path).unwrap(),
+            Some(Stored {
+                last_tick: utc("2026-11-22T10:00:00Z"),
+                schedule: None
+            })
+        );
     }
 }

@@ -31,6 +31,26 @@
 //!
 //! Writes are atomic against a killed process (rename); the index is `fsync`ed when a
 //! poll completes.
+//!
+//! # Edited filters and buckets
+//!
+//! The index is a record of what this bridge published, so an edit of `prefix` or
+//! `suffix` (reload or restart) keeps it. Its first line records the bucket and filters
+//! it was written for; entries outside the current filter are carried over unchanged
+//! (neither published nor reported removed). Hence, after the edit:
+//!
+//! - an object in the new scope that was never published (or changed since) is
+//!   published; one published before and unchanged is not published again;
+//! - an object the new filter leaves out is not published and stays in the bucket: a
+//!   later filter that includes it again publishes it then (and not the objects
+//!   published before, which the index still holds);
+//! - with `removed = true`, a removal pending at the edit is published when the object
+//!   is in the new scope.
+//!
+//! Another `bucket` is another set of objects: the index of the old bucket is set aside
+//! (logged) and the bridge starts afresh, publishing every object of the new bucket in
+//! scope. Pointed back at the old bucket later, it starts afresh there too: every object
+//! is published again, with the same ids (`<bucket>/<key>@<etag>`).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -172,12 +192,75 @@ struct Entry {
     modified: i64,
 }
 
-/// The first line of every index file: a changed bucket or filter starts afresh.
+/// The first line of every index file. Entries of another bucket are not read (the
+/// bridge starts afresh); entries written under other filters are (see "Edited filters
+/// and buckets").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Header {
     bucket: String,
     prefix: String,
     suffix: String,
+}
+
+impl Header {
+    /// Whether the filters select `key`.
+    fn selects(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix) && key.ends_with(&self.suffix)
+    }
+}
+
+/// The header of the cursor a bridge left: of its index, or of the first poll it did
+/// not finish. `Some(None)`: a file without a readable header.
+fn previous_header(files: &Files) -> Result<Option<Option<Header>>, SourceError> {
+    for path in [&files.index, &files.next] {
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("read", path, e)),
+        };
+        let first = BufReader::new(file)
+            .lines()
+            .next()
+            .transpose()
+            .map_err(|e| io_error("read", path, e))?;
+        return Ok(Some(
+            first.and_then(|line| serde_json::from_str::<Header>(&line).ok()),
+        ));
+    }
+    Ok(None)
+}
+
+/// Says what an edited bucket or filter does to the cursor (once, when connecting).
+fn log_edit(previous: Option<Option<Header>>, header: &Header) {
+    let Some(previous) = previous else { return };
+    let Some(previous) = previous else {
+        tracing::warn!(
+            "cursor has no readable header; starting afresh: every object of bucket `{}` in scope is published",
+            header.bucket
+        );
+        return;
+    };
+    if previous.bucket != header.bucket {
+        tracing::warn!(
+            "cursor is for bucket `{}`, not `{}`; starting afresh: every object of `{}` in scope is published. \
+             Objects of `{}` not published yet are not (pointed at `{}` again, the bridge publishes every object there)",
+            previous.bucket,
+            header.bucket,
+            header.bucket,
+            previous.bucket,
+            previous.bucket,
+        );
+    } else if previous != *header {
+        tracing::warn!(
+            "filter changed (prefix `{}` -> `{}`, suffix `{}` -> `{}`); the cursor is kept: \
+             objects now in scope that were never published are published, objects published before are not published again, \
+             objects outside the new filter are not published (they stay in the bucket; a later filter that includes them publishes them)",
+            previous.prefix,
+            header.prefix,
+            previous.suffix,
+            header.suffix,
+        );
+    }
 }
 
 /// Files of one bridge's cursor.
@@ -210,7 +293,8 @@ struct IndexReader {
 }
 
 impl IndexReader {
-    /// Opens `path`; a missing file, or one for another bucket or filter, reads empty.
+    /// Opens `path`; a missing file, or one for another bucket, reads empty. A file
+    /// written under other filters is read: its entries are what the bridge published.
     fn open(path: &Path, header: &Header) -> Result<IndexReader, SourceError> {
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
@@ -227,12 +311,10 @@ impl IndexReader {
             .next()
             .transpose()
             .map_err(|e| io_error("read", path, e))?;
+        // `log_edit` told why when connecting.
         let same = first
             .and_then(|line| serde_json::from_str::<Header>(&line).ok())
-            .is_some_and(|h| &h == header);
-        if !same {
-            tracing::warn!(path = %path.display(), "cursor is for another bucket or filter; starting afresh");
-        }
+            .is_some_and(|h| h.bucket == header.bucket);
         Ok(IndexReader {
             lines: same.then_some(lines),
             path: path.to_owned(),
@@ -454,6 +536,7 @@ pub async fn connect(
         before_current: None,
         written: None,
     }));
+    log_edit(previous_header(&files)?, &header);
     {
         let mut registry = CURSORS.lock().expect("registry lock");
         if let Some(previous) = registry.insert(files.index.clone(), cursor.clone()) {
@@ -668,10 +751,16 @@ impl S3Source {
                 }
                 _ => {
                     let old = poll.old_head.take().expect("head");
+                    // Outside the filters (an earlier filter selected it): kept as it
+                    // is, so a filter that selects it again does not publish it twice.
+                    let selected = self.header.selects(&old.key);
+                    if !selected {
+                        write_line(out, &old).map_err(werr)?;
+                    }
                     cursor.before_current = cursor.processed.replace(old.key.clone());
                     drop(guard);
                     poll.old_head = poll.old.next_entry()?;
-                    self.spec.removed.then_some(Change::Removed(old))
+                    (selected && self.spec.removed).then_some(Change::Removed(old))
                 }
             };
             if let Some(change) = change {
@@ -941,6 +1030,53 @@ mod tests {
             read_index(&files.index, &other).is_empty(),
             "another bucket starts afresh"
         );
+    }
+
+    #[test]
+    fn a_filter_edit_keeps_the_index_and_a_bucket_edit_sets_it_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::new(dir.path(), "t");
+        std::fs::create_dir_all(files.index.parent().unwrap()).unwrap();
+        let wide = header();
+        write_index(
+            &files.index,
+            &wide,
+            &[entry("in/a", "1"), entry("out/x", "1")],
+        );
+        write_index(
+            &files.next,
+            &wide,
+            &[entry("in/a", "1"), entry("out/x", "2")],
+        );
+        std::fs::write(&files.progress, br#"{"watermark":"out/x"}"#).unwrap();
+        let narrow = Header {
+            prefix: "in/".into(),
+            ..header()
+        };
+        assert_eq!(
+            previous_header(&files).unwrap(),
+            Some(Some(wide.clone())),
+            "what connect logs the edit against"
+        );
+        recover(&files, &narrow).unwrap();
+        assert_eq!(
+            read_index(&files.index, &narrow),
+            [entry("in/a", "1"), entry("out/x", "2")],
+            "entries outside the new filter are kept: they were published"
+        );
+        assert_eq!(previous_header(&files).unwrap(), Some(Some(narrow.clone())));
+        assert!(narrow.selects("in/a") && !narrow.selects("out/x"));
+        let suffixed = Header {
+            suffix: ".csv".into(),
+            ..header()
+        };
+        assert!(suffixed.selects("a.csv") && !suffixed.selects("a.csv.txt"));
+        let other = Header {
+            bucket: "other".into(),
+            ..narrow
+        };
+        recover(&files, &other).unwrap();
+        assert!(read_index(&files.index, &other).is_empty());
     }
 
     #[test]
