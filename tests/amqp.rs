@@ -1,6 +1,7 @@
 //! `kind = "amqp"`: the shared conformance checks, plus what is special about consuming a
 //! RabbitMQ queue: redelivery after SIGKILL with stable ids, inbound CloudEvents, property
-//! mapping, quorum queues, re-declaring a deleted queue, a source outage, the loop guard.
+//! mapping, quorum queues, re-declaring a deleted queue, a source outage, the loop guard,
+//! and edits of queue, bindings and queue arguments with messages pending (issue 21).
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::conformance::{self, SourceUnderTest, bridge_table};
 use common::proxy::Proxy;
-use common::{AMQP_URL, Daemon, Rabbit, Received, eventually, eventually_async, unique};
+use common::{
+    AMQP_URL, Daemon, Rabbit, Received, config_text, eventually, eventually_async, unique,
+};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -146,10 +149,15 @@ impl Amqp {
     /// Messages ready in the queue (not counting those a consumer holds unacked). A
     /// fresh channel each time: a passive declare of a missing queue closes it.
     async fn ready(&self) -> Option<u32> {
+        self.ready_in(&self.queue).await
+    }
+
+    /// `ready` for another queue.
+    async fn ready_in(&self, queue: &str) -> Option<u32> {
         let channel = self.connection.create_channel().await.unwrap();
         let queue = channel
             .queue_declare(
-                self.queue.as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -165,11 +173,19 @@ impl Amqp {
 
 /// Sends `{"n":N}` with the message_id `<run>-<N>`, so redeliveries keep their event id.
 async fn send_numbered(source: &Amqp, run: &str, n: u64) {
+    send_numbered_as(source, &source.routing_key, run, n).await;
+}
+
+/// `send_numbered` with another routing key, asserting that a queue took it.
+async fn send_numbered_as(source: &Amqp, routing_key: &str, run: &str, n: u64) {
     let properties =
         BasicProperties::default().with_message_id(format!("{run}-{n}").as_str().into());
-    source
-        .send_with(format!("{{\"n\":{n}}}").as_bytes(), properties)
-        .await;
+    assert!(
+        source
+            .publish(routing_key, format!("{{\"n\":{n}}}").as_bytes(), properties)
+            .await,
+        "`{routing_key}` is bound to a queue"
+    );
 }
 
 fn headers_table(headers: &[(&str, &str)]) -> FieldTable {
@@ -912,4 +928,412 @@ fn check_refuses_a_bridge_that_would_consume_its_own_events() {
         "{stdout}"
     );
     assert!(stdout.contains("at-least-once"), "{stdout}");
+}
+
+// Issue 21: what happens to messages pending in the queue when a bridge's source
+// settings are edited, by reload and by restart. The bridge never deletes or re-creates a
+// queue and never removes a binding; what an edit leaves behind is reported.
+
+/// One amqp bridge on `queue`, bound to the source exchange with `keys`; `arguments` is
+/// added to the queue arguments (e.g. `, "x-max-length" = 1000`).
+fn edited_bridge(
+    bridge: &str,
+    source: &Amqp,
+    queue: &str,
+    keys: &[&str],
+    arguments: &str,
+) -> String {
+    format!(
+        "[[bridge]]\nname = \"{bridge}\"\nkind = \"amqp\"\nurl = \"{AMQP_URL}\"\nqueue = \"{queue}\"\nbind_exchange = \"{}\"\nbinding_keys = {keys:?}\narguments = {{ \"x-expires\" = {EXPIRES_MS}{arguments} }}\n",
+        source.exchange
+    )
+}
+
+/// The config text with a state_dir of the daemon's own (where the bridge records what
+/// it consumed): relative, so next to the config file in the daemon's temporary directory.
+fn config_with_state(exchange_url: &str, exchange: &str, port: u16, bridges: &str) -> String {
+    config_text(exchange_url, exchange, port, bridges)
+        .replace("[defaults]\n", "[defaults]\nstate_dir = \"state\"\n")
+}
+
+async fn start_with_state(exchange_url: &str, exchange: &str, bridges: &str) -> Daemon {
+    Daemon::start_with_text(
+        tempfile::tempdir().unwrap(),
+        exchange_url,
+        exchange,
+        |port| config_with_state(exchange_url, exchange, port, bridges),
+    )
+    .await
+}
+
+/// `Daemon::write_bridges`, keeping the state_dir.
+fn write_bridges_with_state(daemon: &Daemon, bridges: &str) {
+    let text = config_with_state(
+        &daemon.exchange_url,
+        &daemon.exchange,
+        daemon.admin_port,
+        bridges,
+    );
+    let temporary = daemon.dir.path().join("broker-bridge.toml.new");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, &daemon.config_path).unwrap();
+}
+
+/// What `/bridges` says went wrong: the last reload's error and the bridge's own.
+fn reported(daemon: &Daemon, bridge: &str) -> String {
+    let all = daemon.bridges();
+    let own = daemon
+        .bridge_status(bridge)
+        .and_then(|b| b["status"]["last_error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "config: {}\nbridge: {own}",
+        all["config"]["last_error"].as_str().unwrap_or_default()
+    )
+}
+
+/// Cuts the daemon's connection to the exchange: the bridge stops acking, so what is
+/// published to its source waits in the queue.
+async fn exchange_down(proxy: &Proxy, daemon: &Daemon) {
+    proxy.cut();
+    eventually(Duration::from_secs(10), "exchange seen down", || {
+        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+    })
+    .await;
+}
+
+/// Asserts that exactly the messages `range` (by `n` and message_id) were published.
+async fn assert_published(
+    rabbit: &Rabbit,
+    out: &str,
+    run: &str,
+    range: std::ops::Range<u64>,
+    daemon: &Daemon,
+) {
+    let count = range.end - range.start;
+    let (ids, _) = collect_numbers(rabbit, out, count, Duration::from_secs(40)).await;
+    assert_eq!(
+        ids.keys().copied().collect::<HashSet<_>>(),
+        range.collect(),
+        "log: {}",
+        daemon.log()
+    );
+    for (n, id) in &ids {
+        assert_eq!(id, &format!("{run}-{n}"), "published with its own id");
+    }
+}
+
+/// The `n`s of the raw messages in a source queue (taken, so the queue ends empty).
+async fn numbers_in(rabbit: &Rabbit, queue: &str, count: usize) -> HashSet<u64> {
+    rabbit
+        .take_exactly(queue, count, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|m| m.json()["n"].as_u64().expect("{\"n\":N}"))
+        .collect()
+}
+
+/// Hot reload with messages pending in the queue (the exchange is down, so nothing is
+/// acked). Bindings edited (`legacy.b.#` removed, `legacy.c.#` added): every pending
+/// message is published after the edit; the removed binding stays (the bridge cannot tell
+/// it made it) and the log says so. Queue renamed: the old queue keeps its pending
+/// messages and its binding, the log names it with its message count, and the new queue
+/// is consumed.
+#[tokio::test]
+async fn reload_edits_of_bindings_and_queue_lose_nothing() {
+    let source = Amqp::without_queue("").await;
+    let rabbit = Rabbit::connect().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let out = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let old_queue = source.queue.clone();
+    let new_queue = unique("orders");
+    let table = |queue: &str, keys: &[&str]| edited_bridge(&bridge, &source, queue, keys, "");
+    let daemon = start_with_state(
+        &proxy.amqp_url(),
+        &exchange,
+        &table(&old_queue, &["legacy.a.#", "legacy.b.#"]),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let run = unique("m");
+
+    // Bindings edited with 20 messages pending.
+    exchange_down(&proxy, &daemon).await;
+    for n in 0..10 {
+        send_numbered_as(&source, "legacy.a.x", &run, n).await;
+    }
+    for n in 10..20 {
+        send_numbered_as(&source, "legacy.b.x", &run, n).await;
+    }
+    write_bridges_with_state(&daemon, &table(&old_queue, &["legacy.a.#", "legacy.c.#"]));
+    let kept_binding = format!(
+        "the binding of queue `{old_queue}` to `{}` with `legacy.b.#` is no longer configured but stays",
+        source.exchange
+    );
+    eventually(Duration::from_secs(30), "the kept binding reported", || {
+        daemon.log().contains(&kept_binding)
+    })
+    .await;
+    daemon.wait_running(&bridge).await;
+    for n in 20..25 {
+        send_numbered_as(&source, "legacy.c.x", &run, n).await; // the added binding
+    }
+    for n in 25..30 {
+        send_numbered_as(&source, "legacy.b.x", &run, n).await; // the kept one
+    }
+    proxy.restore();
+    assert_published(&rabbit, &out, &run, 0..30, &daemon).await;
+    eventually_async(Duration::from_secs(10), "old queue acked empty", || async {
+        source.ready_in(&old_queue).await == Some(0)
+    })
+    .await;
+
+    // Queue renamed with 10 messages pending in the old one.
+    exchange_down(&proxy, &daemon).await;
+    for n in 30..40 {
+        send_numbered_as(&source, "legacy.a.x", &run, n).await;
+    }
+    write_bridges_with_state(&daemon, &table(&new_queue, &["legacy.a.#", "legacy.c.#"]));
+    let left_queue = format!(
+        "queue `{old_queue}`, which this bridge consumed before its `queue` was edited, still holds"
+    );
+    eventually(Duration::from_secs(30), "the old queue reported", || {
+        daemon.log().contains(&left_queue)
+    })
+    .await;
+    daemon.wait_running(&bridge).await;
+    // Unacked ones come back when the old bridge's channel closes: all 10 wait there.
+    eventually_async(
+        Duration::from_secs(10),
+        "pending stay in the old queue",
+        || async { source.ready_in(&old_queue).await == Some(10) },
+    )
+    .await;
+    // Accounting: the 10 pending before the rename are still in the old queue, by n.
+    assert_eq!(
+        numbers_in(&rabbit, &old_queue, 10).await,
+        (30..40).collect(),
+        "log: {}",
+        daemon.log()
+    );
+    proxy.restore();
+    for n in 40..45 {
+        send_numbered_as(&source, "legacy.c.x", &run, n).await;
+    }
+    // Only what came after the rename, through the new queue.
+    assert_published(&rabbit, &out, &run, 40..45, &daemon).await;
+}
+
+/// The issue's sequence by restart. Stopped, 100 messages wait in the queue; started
+/// again with `x-max-length` added to the queue arguments (and the binding widened): the
+/// bridge refuses, naming the key, the queue and the 100 messages, which stay; the fixed
+/// config (reload) delivers all of them. Then the queue is renamed while stopped: the old
+/// queue keeps its 10 pending messages, and the first connect names it in the log.
+#[tokio::test]
+async fn restart_with_edited_settings_loses_nothing() {
+    let source = Amqp::without_queue("").await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let out = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let queue = source.queue.clone();
+    let table = |queue: &str, keys: &[&str], arguments: &str| {
+        edited_bridge(&bridge, &source, queue, keys, arguments)
+    };
+    let mut daemon =
+        start_with_state(AMQP_URL, &exchange, &table(&queue, &["legacy.a.#"], "")).await;
+    daemon.wait_ready().await;
+    let run = unique("m");
+    for n in 0..10 {
+        send_numbered_as(&source, "legacy.a.x", &run, n).await;
+    }
+    assert_published(&rabbit, &out, &run, 0..10, &daemon).await;
+    eventually(Duration::from_secs(10), "all acked", || {
+        daemon.metrics().bridge("bridge_in_flight", &bridge, "amqp") == Some(0.0)
+    })
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+
+    for n in 10..110 {
+        send_numbered_as(&source, "legacy.a.x", &run, n).await;
+    }
+    assert_eq!(source.ready().await, Some(100));
+    write_bridges_with_state(
+        &daemon,
+        &table(&queue, &["legacy.#"], ", \"x-max-length\" = 1000"),
+    );
+    daemon.restart().await;
+    let refusal = format!(
+        "key `arguments.x-max-length`: queue `{queue}` exists with another `arguments.x-max-length`"
+    );
+    eventually(Duration::from_secs(20), "the refusal in /bridges", || {
+        reported(&daemon, &bridge).contains(&refusal)
+    })
+    .await;
+    let error = reported(&daemon, &bridge);
+    for fragment in [
+        "inequivalent arg 'x-max-length'",
+        "its 100 ready message(s) stay in it",
+        "never deletes or re-creates a queue",
+    ] {
+        assert!(error.contains(fragment), "{fragment} in {error}");
+    }
+    let status = daemon.bridge_status(&bridge).unwrap();
+    assert_eq!(status["status"]["state"], "reconnecting", "{status}");
+    assert_eq!(source.ready().await, Some(100), "nothing taken");
+    assert_eq!(
+        daemon
+            .metrics()
+            .bridge("bridge_events_published_total", &bridge, "amqp"),
+        Some(0.0)
+    );
+
+    // The fix, by reload; the widened binding stays.
+    write_bridges_with_state(&daemon, &table(&queue, &["legacy.#"], ""));
+    daemon.wait_running(&bridge).await;
+    send_numbered_as(&source, "legacy.other", &run, 110).await;
+    assert_published(&rabbit, &out, &run, 10..111, &daemon).await;
+    eventually(Duration::from_secs(10), "all acked", || {
+        daemon.metrics().bridge("bridge_in_flight", &bridge, "amqp") == Some(0.0)
+    })
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    assert_eq!(source.ready().await, Some(0));
+
+    // Renamed while stopped, 10 pending.
+    for n in 200..210 {
+        send_numbered_as(&source, "legacy.a.x", &run, n).await;
+    }
+    let new_queue = unique("orders");
+    write_bridges_with_state(&daemon, &table(&new_queue, &["legacy.#"], ""));
+    daemon.restart().await;
+    daemon.wait_running(&bridge).await;
+    let left_queue = format!(
+        "queue `{queue}`, which this bridge consumed before its `queue` was edited, still holds 10 ready message(s)"
+    );
+    eventually(Duration::from_secs(10), "the old queue reported", || {
+        daemon.log().contains(&left_queue)
+    })
+    .await;
+    assert_eq!(
+        numbers_in(&rabbit, &queue, 10).await,
+        (200..210).collect(),
+        "the pending ones stay in the old queue; log: {}",
+        daemon.log()
+    );
+    send_numbered_as(&source, "legacy.a.x", &run, 210).await;
+    assert_published(&rabbit, &out, &run, 210..211, &daemon).await;
+}
+
+/// A queue an operator declared beforehand with `x-max-length`, 20 messages in it, and a
+/// bridge whose `arguments` lack it: RabbitMQ refuses the declare; the bridge changes
+/// nothing, reports the key and the queue, and retries; the fixed config (reload) brings it
+/// up and every message arrives. An edit of the arguments by reload, with messages
+/// pending, is reported in `/bridges` too (refused at reload, or by the restarted bridge);
+/// after the fix those arrive as well. `verify_queue`, asked before a reload, refuses the
+/// same without changing anything.
+#[tokio::test]
+async fn an_existing_queue_with_other_arguments_is_refused_and_kept() {
+    let source = Amqp::without_queue("").await;
+    let rabbit = Rabbit::connect().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let out = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let mut operator_arguments = FieldTable::default();
+    operator_arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1000));
+    source.declare_queue(operator_arguments).await;
+    let run = unique("m");
+    for n in 0..20 {
+        send_numbered(&source, &run, n).await;
+    }
+    let table =
+        |arguments: &str| edited_bridge(&bridge, &source, &source.queue, &["legacy.#"], arguments);
+    let refusal = format!(
+        "key `arguments.x-max-length`: queue `{}` exists with another `arguments.x-max-length`",
+        source.queue
+    );
+
+    // What a reload (or `check --online`) asks before restarting a bridge: it refuses
+    // without changing anything, passes equal settings, and creates no missing queue.
+    {
+        use broker_bridge::sources::{SourceError, amqp};
+        let spec = |queue: &str, arguments: serde_json::Value| {
+            let table = serde_json::json!({
+                "url": AMQP_URL, "queue": queue, "arguments": arguments,
+            });
+            amqp::AmqpSpec::parse(table.as_object().unwrap().clone()).unwrap()
+        };
+        let without = spec(&source.queue, serde_json::json!({"x-expires": EXPIRES_MS}));
+        match amqp::verify_queue(&without, &bridge).await {
+            Err(SourceError::Refused(why)) => {
+                assert!(why.starts_with(&refusal), "{why}");
+                assert!(why.contains("its 20 ready message(s) stay in it"), "{why}");
+            }
+            other => panic!("refused, not {other:?}"),
+        }
+        let equal = spec(
+            &source.queue,
+            serde_json::json!({"x-expires": EXPIRES_MS, "x-max-length": 1000}),
+        );
+        assert!(amqp::verify_queue(&equal, &bridge).await.is_ok());
+        let missing = unique("missing");
+        assert!(
+            amqp::verify_queue(&spec(&missing, serde_json::json!({})), &bridge)
+                .await
+                .is_ok()
+        );
+        assert_eq!(source.ready_in(&missing).await, None, "not created");
+        assert_eq!(source.ready().await, Some(20));
+    }
+
+    let daemon = start_with_state(&proxy.amqp_url(), &exchange, &table("")).await;
+    eventually(Duration::from_secs(20), "the refusal in /bridges", || {
+        reported(&daemon, &bridge).contains(&refusal)
+    })
+    .await;
+    assert!(
+        reported(&daemon, &bridge).contains("its 20 ready message(s) stay in it"),
+        "{}",
+        reported(&daemon, &bridge)
+    );
+    // It keeps retrying, and keeps the queue as it is.
+    eventually(Duration::from_secs(20), "retried", || {
+        daemon
+            .metrics()
+            .bridge("bridge_restarts_total", &bridge, "amqp")
+            .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert_eq!(source.ready().await, Some(20));
+
+    let fixed = table(", \"x-max-length\" = 1000");
+    write_bridges_with_state(&daemon, &fixed);
+    daemon.wait_running(&bridge).await;
+    assert_published(&rabbit, &out, &run, 0..20, &daemon).await;
+
+    // An edit of the arguments by reload, 10 pending while the exchange is down.
+    exchange_down(&proxy, &daemon).await;
+    for n in 20..30 {
+        send_numbered(&source, &run, n).await;
+    }
+    write_bridges_with_state(&daemon, &table(", \"x-max-length\" = 5"));
+    eventually(
+        Duration::from_secs(30),
+        "the edit reported in /bridges",
+        || reported(&daemon, &bridge).contains(&refusal),
+    )
+    .await;
+    write_bridges_with_state(&daemon, &fixed);
+    proxy.restore();
+    daemon.wait_running(&bridge).await;
+    assert_published(&rabbit, &out, &run, 20..30, &daemon).await;
 }

@@ -20,7 +20,22 @@
 //! - Event id: the `message_id` property, so a redelivered message keeps its id. A message
 //!   without one gets a new UUIDv7 on every delivery, redeliveries included.
 //! - An `exclusive` or `auto_delete` queue disappears with its connection or consumer, and
-//!   with it whatever arrives in between; `describe` says so.
+//!   with it whatever it holds and whatever arrives in between; `describe` says so.
+//!
+//! Broker objects: the bridge creates a missing queue and adds the configured bindings.
+//! It never deletes, purges or re-declares a queue and never removes a binding, whatever
+//! the config says later:
+//! - RabbitMQ does not change an existing queue on a declare: with other `durable`,
+//!   `exclusive`, `auto_delete` or (checked) `arguments` it refuses it (406, 405). The
+//!   bridge then refuses to start (`SourceError::Refused`, retried), naming the key and
+//!   the queue and how many messages stay in it. `verify_queue` asks the same before a
+//!   reload restarts the bridge.
+//! - An edit of `queue` or of the bindings leaves the old queue, its messages and the
+//!   removed bindings in place (a binding made by the bridge cannot be told from one an
+//!   operator made). What the bridge consumed last is kept in
+//!   `<state_dir>/amqp/<bridge>.json`, so the first connect after such an edit (reload
+//!   or restart) logs a warning naming what stays behind: the old queue with its message
+//!   count and bindings, or the bindings no longer configured.
 //!
 //! `check` refuses a bridge whose queue would be bound to the routing exchange (or its
 //! dead-letter or alternate exchange) on the same broker with a key matching the bridge's
@@ -38,6 +53,7 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
@@ -286,7 +302,7 @@ impl AmqpSpec {
         );
         if self.declare && (self.exclusive() || self.auto_delete()) {
             line.push_str(
-                "; WARNING: an exclusive or auto-delete queue disappears with its connection or consumer, and messages sent meanwhile are lost",
+                "; WARNING: RabbitMQ deletes an exclusive or auto-delete queue when its connection or consumer goes (every restart, reload or reconnect of this bridge), and with it the messages waiting in it and those sent meanwhile",
             );
         }
         line
@@ -536,11 +552,20 @@ enum SetupError {
     },
     #[error("cannot consume from queue `{queue}`: {error}")]
     Consume { queue: String, error: lapin::Error },
+    /// The queue exists with other settings: the bridge changes nothing and retries.
+    #[error("{0}")]
+    Refused(String),
+    /// RabbitMQ refuses a queue argument's value.
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 impl From<SetupError> for SourceError {
     fn from(error: SetupError) -> Self {
-        SourceError::Connect(error.to_string())
+        match error {
+            SetupError::Refused(why) => SourceError::Refused(why),
+            other => SourceError::Connect(other.to_string()),
+        }
     }
 }
 
@@ -560,11 +585,12 @@ pub async fn connect(
     }
 }
 
-async fn open(
+/// Opens a connection named after the bridge (`label` says what for).
+async fn connect_broker(
     spec: &AmqpSpec,
     endpoint: &Endpoint,
-    context: &ConnectContext,
-) -> Result<AmqpSource, SetupError> {
+    label: &str,
+) -> Result<Connection, SetupError> {
     let mut uri: AMQPUri = spec
         .url
         .parse()
@@ -576,18 +602,25 @@ async fn open(
         uri.authority.userinfo.password = password.clone();
     }
     let tls = tls_config(spec.tls.as_ref()).await?;
-    let properties = ConnectionProperties::default().with_connection_name(LongString::from(
-        format!("broker-bridge/{}", context.bridge),
-    ));
+    let properties = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("broker-bridge/{label}")));
     let server = endpoint.label();
     let connect_error = |error| SetupError::Connect {
         server: server.clone(),
         error,
     };
     let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
-    let connection = Connection::connect_uri_with_config(uri, properties, tls, runtime)
+    Connection::connect_uri_with_config(uri, properties, tls, runtime)
         .await
-        .map_err(connect_error)?;
+        .map_err(connect_error)
+}
+
+async fn open(
+    spec: &AmqpSpec,
+    endpoint: &Endpoint,
+    context: &ConnectContext,
+) -> Result<AmqpSource, SetupError> {
+    let connection = connect_broker(spec, endpoint, &context.bridge).await?;
     // Dropping the connection (and its channel) on any error below closes it.
     let channel = connection
         .create_channel()
@@ -601,28 +634,7 @@ async fn open(
         .map_err(SetupError::Qos)?;
 
     let queue = ShortString::from(spec.queue.as_str());
-    channel
-        .queue_declare(
-            queue.clone(),
-            QueueDeclareOptions {
-                passive: !spec.declare,
-                durable: spec.durable(),
-                exclusive: spec.exclusive(),
-                auto_delete: spec.auto_delete(),
-                nowait: false,
-            },
-            queue_arguments(&spec.arguments),
-        )
-        .await
-        .map_err(|error| SetupError::Queue {
-            queue: spec.queue.clone(),
-            error,
-            hint: if spec.declare {
-                "it may exist with other settings: make durable/exclusive/auto_delete/arguments match it, or set declare = false"
-            } else {
-                "declare = false: the queue must exist"
-            },
-        })?;
+    declare_queue(&connection, &channel, spec).await?;
     if let Some(exchange) = &spec.bind_exchange {
         for key in spec.binding_keys() {
             channel
@@ -660,12 +672,388 @@ async fn open(
             error,
         })?;
     tracing::debug!(queue = %spec.queue, prefetch, "consuming");
+    report_what_an_edit_left(&connection, endpoint, spec, context).await;
     Ok(AmqpSource {
         consumer,
         channel,
         source_uri: endpoint.source_uri(&spec.queue),
         _connection: connection,
     })
+}
+
+/// Declares the queue (passively with `declare = false`). RabbitMQ never changes an
+/// existing queue on a declare; it refuses one with other settings, and so does the
+/// bridge then, leaving the queue and its messages as they are.
+async fn declare_queue(
+    connection: &Connection,
+    channel: &Channel,
+    spec: &AmqpSpec,
+) -> Result<(), SetupError> {
+    let declared = channel
+        .queue_declare(
+            ShortString::from(spec.queue.as_str()),
+            QueueDeclareOptions {
+                passive: !spec.declare,
+                durable: spec.durable(),
+                exclusive: spec.exclusive(),
+                auto_delete: spec.auto_delete(),
+                nowait: false,
+            },
+            queue_arguments(&spec.arguments),
+        )
+        .await;
+    let error = match declared {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    if spec.declare {
+        if let Some(conflict) = SettingsConflict::of(&error) {
+            // The refused declare closed its channel; count on a fresh one.
+            let held = messages_in(connection, &spec.queue).await.ok();
+            return Err(SetupError::Refused(conflict.refusal(&spec.queue, held)));
+        }
+        if let Some((argument, reply)) = invalid_argument(&error) {
+            return Err(SetupError::InvalidArgument(format!(
+                "key `arguments.{argument}`: RabbitMQ refuses its value for queue `{}` (RabbitMQ: {reply})",
+                spec.queue
+            )));
+        }
+    }
+    Err(SetupError::Queue {
+        queue: spec.queue.clone(),
+        error,
+        hint: if spec.declare {
+            "cannot declare it"
+        } else {
+            "declare = false: the queue must exist"
+        },
+    })
+}
+
+/// The name RabbitMQ quotes after `what` in a reply, e.g. `x-max-length` from
+/// "... inequivalent arg 'x-max-length' for queue ...".
+fn quoted_after<'a>(reply: &'a str, what: &str) -> Option<&'a str> {
+    reply
+        .split_once(what)
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(name, _)| name)
+}
+
+/// A queue argument whose value RabbitMQ refuses ("invalid arg 'x-overflow' ..."), and
+/// the reply.
+fn invalid_argument(error: &lapin::Error) -> Option<(String, String)> {
+    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return None;
+    };
+    let reply = amqp.get_message().as_str();
+    let argument = quoted_after(reply, "invalid arg '")?;
+    Some((argument.to_owned(), reply.to_owned()))
+}
+
+/// RabbitMQ refused a declare because the queue exists with other settings.
+#[derive(Debug, PartialEq, Eq)]
+struct SettingsConflict {
+    /// The config key that differs: `durable`, `auto_delete`, `exclusive` or
+    /// `arguments.<name>`.
+    key: String,
+    /// RabbitMQ's reply text, e.g. "PRECONDITION_FAILED - inequivalent arg
+    /// 'x-max-length' for queue 'q' in vhost '/': received none but current is ...".
+    reply: String,
+    /// 405 RESOURCE_LOCKED: exclusive to another connection, or `exclusive` differs.
+    locked: bool,
+}
+
+impl SettingsConflict {
+    fn of(error: &lapin::Error) -> Option<SettingsConflict> {
+        let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+            return None;
+        };
+        let locked = match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => false,
+            AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => true,
+            _ => return None,
+        };
+        SettingsConflict::from_reply(amqp.get_message().as_str(), locked)
+    }
+
+    /// `None` for a 406 about something else (e.g. an invalid argument value).
+    fn from_reply(reply: &str, locked: bool) -> Option<SettingsConflict> {
+        let key = match quoted_after(reply, "inequivalent arg '") {
+            Some(flag @ ("durable" | "exclusive" | "auto_delete")) => flag.to_owned(),
+            Some(argument) => format!("arguments.{argument}"),
+            None if locked => "exclusive".to_owned(),
+            None => return None,
+        };
+        Some(SettingsConflict {
+            key,
+            reply: reply.to_owned(),
+            locked,
+        })
+    }
+
+    /// The refusal: key, queue, what RabbitMQ said, that the messages stay, the way out.
+    fn refusal(&self, queue: &str, held: Option<u32>) -> String {
+        let key = &self.key;
+        let what = if self.locked {
+            format!(
+                "queue `{queue}` is exclusive to another connection (a bridge still draining?), or exists with another `exclusive`"
+            )
+        } else {
+            format!("queue `{queue}` exists with another `{key}` than this bridge declares")
+        };
+        let messages = match held {
+            Some(count) => format!("its {count} ready message(s) stay in it"),
+            None => "its messages stay in it".to_owned(),
+        };
+        format!(
+            "key `{key}`: {what} (RabbitMQ: {}); broker-bridge never deletes or re-creates a queue, so {messages}. Make `{key}` match the queue, or set declare = false to consume it as it is; the bridge retries until then",
+            self.reply
+        )
+    }
+}
+
+/// The ready messages of a queue, by a passive declare on a channel of its own (a
+/// missing queue closes the channel).
+async fn messages_in(connection: &Connection, queue: &str) -> Result<u32, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, ShortString::from("done")).await;
+    Ok(declared.message_count())
+}
+
+/// 404 NOT_FOUND: e.g. a passive declare of a missing queue.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+}
+
+/// Refuses (`SourceError::Refused`) a spec whose queue exists with other settings, as
+/// connecting would, without creating or changing anything: for a reload that would
+/// restart the bridge, and `check --online`. A missing queue is fine (connecting
+/// creates it); an exclusive one cannot be asked about from another connection.
+pub async fn verify_queue(spec: &AmqpSpec, bridge: &str) -> Result<(), SourceError> {
+    if !spec.declare || spec.exclusive() {
+        return Ok(());
+    }
+    let endpoint = Endpoint::parse(&spec.url).map_err(SetupError::Url)?;
+    let connection = connect_broker(spec, &endpoint, &format!("{bridge} (verify)")).await?;
+    let held = match messages_in(&connection, &spec.queue).await {
+        Ok(held) => held,
+        Err(error) if is_not_found(&error) => return Ok(()),
+        Err(error) => {
+            return Err(SetupError::Queue {
+                queue: spec.queue.clone(),
+                error,
+                hint: "cannot read it",
+            }
+            .into());
+        }
+    };
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(SetupError::Channel)?;
+    // Declaring an existing queue with equal settings changes nothing.
+    let declared = channel
+        .queue_declare(
+            ShortString::from(spec.queue.as_str()),
+            QueueDeclareOptions {
+                passive: false,
+                durable: spec.durable(),
+                exclusive: spec.exclusive(),
+                auto_delete: spec.auto_delete(),
+                nowait: false,
+            },
+            queue_arguments(&spec.arguments),
+        )
+        .await;
+    let _ = connection.close(200, ShortString::from("verified")).await;
+    match declared {
+        Ok(_) => Ok(()),
+        Err(error) => Err(match SettingsConflict::of(&error) {
+            Some(conflict) => SourceError::Refused(conflict.refusal(&spec.queue, Some(held))),
+            None => SetupError::Queue {
+                queue: spec.queue.clone(),
+                error,
+                hint: "cannot declare it",
+            }
+            .into(),
+        }),
+    }
+}
+
+/// What a bridge consumed at its last connect, in `<state_dir>/amqp/<bridge>.json`: what
+/// an edit of `queue`, `bind_exchange` or `binding_keys` leaves behind at the broker
+/// (the old queue with its messages, removed bindings), for a reload or a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Consumed {
+    /// The broker and vhost, no credentials.
+    host: String,
+    port: u16,
+    vhost: String,
+    queue: String,
+    bind_exchange: Option<String>,
+    binding_keys: Vec<String>,
+}
+
+impl Consumed {
+    fn of(spec: &AmqpSpec, endpoint: &Endpoint) -> Consumed {
+        Consumed {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            vhost: endpoint.vhost.clone(),
+            queue: spec.queue.clone(),
+            bind_exchange: spec.bind_exchange.clone(),
+            binding_keys: spec.binding_keys().into_iter().map(str::to_owned).collect(),
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            tls: false,
+            host: self.host.clone(),
+            port: self.port,
+            vhost: self.vhost.clone(),
+            has_credentials: false,
+        }
+    }
+
+    /// The bindings this bridge made last (others may exist).
+    fn bindings_text(&self) -> String {
+        match &self.bind_exchange {
+            Some(exchange) => format!(
+                "and so do its bindings (this bridge bound it to `{exchange}` with {})",
+                self.binding_keys
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "and so do any bindings it has".to_owned(),
+        }
+    }
+}
+
+/// What an edit from `before` to `now` leaves at the broker, for the warning log.
+#[derive(Debug, PartialEq, Eq)]
+enum LeftBehind {
+    /// Another broker or vhost: the old queue cannot be counted from here.
+    QueueElsewhere,
+    /// `queue` changed: the old queue is no longer consumed.
+    Queue,
+    /// The same queue; these `(exchange, key)` bindings are no longer configured.
+    Bindings(Vec<(String, String)>),
+}
+
+fn left_behind(before: &Consumed, now: &Consumed) -> Option<LeftBehind> {
+    if !before.endpoint().same_broker(&now.endpoint()) {
+        return Some(LeftBehind::QueueElsewhere);
+    }
+    if before.queue != now.queue {
+        return Some(LeftBehind::Queue);
+    }
+    let binding =
+        |c: &Consumed, key: &String| (c.bind_exchange.clone().unwrap_or_default(), key.clone());
+    let removed: Vec<(String, String)> = before
+        .binding_keys
+        .iter()
+        .map(|key| binding(before, key))
+        .filter(|old| !now.binding_keys.iter().any(|key| binding(now, key) == *old))
+        .collect();
+    (!removed.is_empty()).then_some(LeftBehind::Bindings(removed))
+}
+
+fn consumed_path(state_dir: &Path, bridge: &str) -> PathBuf {
+    state_dir.join("amqp").join(format!("{bridge}.json"))
+}
+
+/// Compares what the bridge consumes now with what it consumed at its last connect,
+/// warns about what an edit left behind, and records the present. Never fails the
+/// connect: without the record, edits are just not reported.
+async fn report_what_an_edit_left(
+    connection: &Connection,
+    endpoint: &Endpoint,
+    spec: &AmqpSpec,
+    context: &ConnectContext,
+) {
+    if context.state_dir.as_os_str().is_empty() {
+        // No state_dir (a source driven directly, as in tests): nothing to compare.
+        return;
+    }
+    let path = consumed_path(&context.state_dir, &context.bridge);
+    let now = Consumed::of(spec, endpoint);
+    let before = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Consumed>(&bytes).ok(),
+        Err(_) => None,
+    };
+    if before.as_ref() == Some(&now) {
+        return;
+    }
+    if let Some(before) = &before {
+        match left_behind(before, &now) {
+            None => {}
+            Some(LeftBehind::QueueElsewhere) => tracing::warn!(
+                old_queue = %before.queue,
+                "this bridge consumed queue `{}` on {} vhost `{}` before its settings were edited; nothing consumes it now: it keeps what it holds, {} (broker-bridge never deletes a queue or removes a binding)",
+                before.queue, before.endpoint().label(), before.vhost, before.bindings_text()
+            ),
+            Some(LeftBehind::Queue) => match messages_in(connection, &before.queue).await {
+                Ok(held) => tracing::warn!(
+                    old_queue = %before.queue,
+                    messages = held,
+                    "queue `{}`, which this bridge consumed before its `queue` was edited, still holds {held} ready message(s) that nothing consumes now; it stays, {}, so it may keep collecting messages. broker-bridge never deletes a queue or removes a binding: consume or move its messages, then delete it",
+                    before.queue, before.bindings_text()
+                ),
+                Err(error) if is_not_found(&error) => tracing::info!(
+                    old_queue = %before.queue,
+                    "queue `{}`, which this bridge consumed before its `queue` was edited, is not there any more",
+                    before.queue
+                ),
+                Err(error) => tracing::warn!(
+                    old_queue = %before.queue,
+                    "queue `{}`, which this bridge consumed before its `queue` was edited, is no longer consumed and may still hold messages; it cannot be counted: {error}",
+                    before.queue
+                ),
+            },
+            Some(LeftBehind::Bindings(removed)) => {
+                for (exchange, key) in removed {
+                    tracing::warn!(
+                        exchange = %exchange,
+                        binding_key = %key,
+                        "the binding of queue `{}` to `{exchange}` with `{key}` is no longer configured but stays: broker-bridge never removes a binding (it cannot tell its own from an operator's), so what matches it still arrives and is bridged. Remove it at the broker if it is not wanted",
+                        spec.queue
+                    );
+                }
+            }
+        }
+    }
+    let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| write_atomically(&path, &serde_json::to_vec(&now).unwrap_or_default()));
+    if let Err(error) = written {
+        tracing::warn!(
+            "cannot record the queue and bindings in {}: {error}; a later edit of them is not reported",
+            path.display()
+        );
+    }
+}
+
+/// Temp file, fsync, rename.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_data()?;
+    std::fs::rename(&temporary, path)
 }
 
 async fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, SetupError> {
@@ -1221,6 +1609,120 @@ mod tests {
         let meta = metadata(&bare, "s", received);
         assert_eq!((meta.subject, meta.id, meta.time), (None, None, None));
         assert!(meta.headers.is_empty());
+    }
+
+    #[test]
+    fn a_refused_declare_names_the_key_and_the_queue() {
+        let conflict =
+            |reply: &str, locked| SettingsConflict::from_reply(reply, locked).map(|c| c.key);
+        assert_eq!(
+            conflict(
+                "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received none but current is the value '10' of type 'signedint'",
+                false
+            ),
+            Some("arguments.x-max-length".into())
+        );
+        assert_eq!(
+            conflict(
+                "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'false' but current is 'true'",
+                false
+            ),
+            Some("durable".into())
+        );
+        assert_eq!(
+            conflict(
+                "PRECONDITION_FAILED - inequivalent arg 'auto_delete' ...",
+                false
+            ),
+            Some("auto_delete".into())
+        );
+        assert_eq!(
+            conflict(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'q'",
+                true
+            ),
+            Some("exclusive".into())
+        );
+        // Not a conflict with an existing queue: a value RabbitMQ refuses for any queue.
+        let invalid = "PRECONDITION_FAILED - invalid arg 'x-overflow' for queue 'q' in vhost '/': invalid_overflow";
+        assert_eq!(conflict(invalid, false), None);
+
+        let reply = "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'orders' in vhost '/': received '20' but current is '10'";
+        let text = SettingsConflict::from_reply(reply, false)
+            .unwrap()
+            .refusal("orders", Some(3));
+        assert!(
+            text.starts_with(
+                "key `arguments.x-max-length`: queue `orders` exists with another `arguments.x-max-length`"
+            ),
+            "{text}"
+        );
+        for fragment in [
+            reply,
+            "never deletes or re-creates",
+            "its 3 ready message(s) stay",
+        ] {
+            assert!(text.contains(fragment), "{fragment} in {text}");
+        }
+    }
+
+    #[test]
+    fn an_edit_reports_the_queue_or_bindings_it_leaves() {
+        let consumed = |url: &str, queue: &str, exchange: Option<&str>, keys: &[&str]| {
+            let mut table = serde_json::json!({"url": url, "queue": queue});
+            if let Some(exchange) = exchange {
+                table["bind_exchange"] = exchange.into();
+                table["binding_keys"] = keys.into();
+            }
+            let spec = parse(table).unwrap();
+            Consumed::of(&spec, &Endpoint::parse(url).unwrap())
+        };
+        let url = "amqp://u:p@127.0.0.1/%2f";
+        let before = consumed(url, "q", Some("legacy"), &["a.#", "b.#"]);
+        assert_eq!(left_behind(&before, &before), None);
+        // Same broker under another name, a key added: nothing left behind.
+        let added = consumed(
+            "amqp://localhost:5672/%2f",
+            "q",
+            Some("legacy"),
+            &["b.#", "a.#", "c.#"],
+        );
+        assert_eq!(left_behind(&before, &added), None);
+        assert_eq!(
+            left_behind(&before, &consumed(url, "q", Some("legacy"), &["a.#"])),
+            Some(LeftBehind::Bindings(vec![("legacy".into(), "b.#".into())]))
+        );
+        assert_eq!(
+            left_behind(&before, &consumed(url, "q", Some("other"), &["a.#"])),
+            Some(LeftBehind::Bindings(vec![
+                ("legacy".into(), "a.#".into()),
+                ("legacy".into(), "b.#".into())
+            ]))
+        );
+        assert_eq!(
+            left_behind(&before, &consumed(url, "q", None, &[])),
+            Some(LeftBehind::Bindings(vec![
+                ("legacy".into(), "a.#".into()),
+                ("legacy".into(), "b.#".into())
+            ]))
+        );
+        assert_eq!(
+            left_behind(
+                &before,
+                &consumed(url, "q2", Some("legacy"), &["a.#", "b.#"])
+            ),
+            Some(LeftBehind::Queue)
+        );
+        assert_eq!(
+            left_behind(
+                &before,
+                &consumed("amqp://127.0.0.1/other", "q", Some("legacy"), &["a.#"])
+            ),
+            Some(LeftBehind::QueueElsewhere)
+        );
+        // The record holds no credentials.
+        let record = serde_json::to_string(&before).unwrap();
+        assert!(!record.contains("u:p"), "{record}");
     }
 
     #[test]

@@ -197,7 +197,8 @@ impl SourceSpec {
 
     /// Asks the source's broker, before a reload restarts a bridge (or for `check
     /// --online`), whether this spec would move a position there. Kinds that keep no
-    /// position at their broker, or cannot tell, answer `Safe`.
+    /// position at their broker, or cannot tell, answer `Safe`. AMQP: an existing queue
+    /// whose settings differ (RabbitMQ would refuse the declare).
     pub async fn verify_position(&self, bridge: &BridgeSpec) -> Verdict {
         let asked = async {
             match self {
@@ -205,6 +206,8 @@ impl SourceSpec {
                 SourceSpec::JetStream(spec) => {
                     nats::verify_jetstream(spec, &bridge.name, bridge.max_in_flight).await
                 }
+                #[cfg(feature = "amqp")]
+                SourceSpec::Amqp(spec) => amqp::verify_queue(spec, &bridge.name).await,
                 _ => Ok(()),
             }
         };

@@ -297,6 +297,12 @@ fn spawn(config: &Path, dir: &Path, env: &[(String, String)]) -> Child {
         .open(dir.join("daemon.log"))
         .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_broker-bridge"));
+    // State files (cursors, what a bridge consumed) stay in the test's directory unless
+    // the test chose a state_dir itself.
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    if !text.contains("state_dir") && !env.iter().any(|(k, _)| k.contains("STATE_DIR")) {
+        command.env("BROKER_BRIDGE__DEFAULTS__STATE_DIR", dir.join("state"));
+    }
     command
         .args(["run", "-c"])
         .arg(config)
