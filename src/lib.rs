@@ -14,6 +14,7 @@ pub mod normalize;
 pub mod notify;
 pub mod routing;
 pub mod s3notification;
+pub mod short_string;
 pub mod sources;
 pub mod supervisor;
 pub mod template;

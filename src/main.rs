@@ -538,6 +538,10 @@ async fn emit(
     data: Option<Bytes>,
     content_type: Option<String>,
 ) -> anyhow::Result<()> {
+    if let Some(id) = &id {
+        broker_bridge::short_string::short_string("the id", id)
+            .map_err(|e| anyhow::anyhow!("option --id: {e}"))?;
+    }
     let now = chrono::Utc::now();
     let (data, datacontenttype) = match data {
         None => (Data::None, content_type),
@@ -569,7 +573,10 @@ async fn emit(
         data,
     };
     event.validate()?;
-    let routing_key = routing::event_key(&tenant, &source_name, &event.ty);
+    broker_bridge::short_string::check_event(&event)
+        .map_err(|e| anyhow::anyhow!("option --content-type: {e}"))?;
+    let routing_key = routing::event_key(&tenant, &source_name, &event.ty)
+        .map_err(|e| anyhow::anyhow!("options --type, --tenant, --source-name: {e}"))?;
     let publisher = Publisher::start(exchange, Arc::new(Registry::default()));
     let message = publisher.event_message(&event, routing_key.clone());
     let outcome = tokio::time::timeout(Duration::from_secs(30), publisher.publish(&message))

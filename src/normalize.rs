@@ -13,6 +13,7 @@ use crate::cloudevent::{
 };
 use crate::config::{BridgeSpec, PayloadFormat};
 use crate::routing;
+use crate::short_string;
 use crate::template::{Template, TemplateInput};
 
 /// What a source knows about one message besides its bytes.
@@ -53,6 +54,8 @@ pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
     TooLarge,
+    /// A value longer than its wire field allows (an id, a content type, a routing key).
+    TooLong,
     InvalidJson,
     UnresolvedTemplate,
     InvalidCloudEvent,
@@ -60,8 +63,9 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::TooLarge,
+        RejectReason::TooLong,
         RejectReason::InvalidJson,
         RejectReason::UnresolvedTemplate,
         RejectReason::InvalidCloudEvent,
@@ -71,6 +75,7 @@ impl RejectReason {
     pub fn label(self) -> &'static str {
         match self {
             RejectReason::TooLarge => "too_large",
+            RejectReason::TooLong => "too_long",
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::UnresolvedTemplate => "unresolved_template",
             RejectReason::InvalidCloudEvent => "invalid_cloudevent",
@@ -237,7 +242,12 @@ pub fn normalize(
     };
     if let Some(inbound) = inbound {
         let mut event = inbound.map_err(|e| reject(RejectReason::InvalidCloudEvent, e.0))?;
-        let routing_key = routing::event_key(&tenant, &mapping.source_name, &event.ty);
+        // A passed-through event keeps its id: one that does not fit is refused, not
+        // rewritten.
+        short_string::check_event(&event)
+            .map_err(|e| reject(RejectReason::TooLong, e.to_string()))?;
+        let routing_key = routing::event_key(&tenant, &mapping.source_name, &event.ty)
+            .map_err(|e| reject(RejectReason::TooLong, e))?;
         event
             .extensions
             .insert("tenant".into(), ExtensionValue::String(tenant));
@@ -281,13 +291,26 @@ pub fn normalize(
     for (name, value) in &meta.extensions {
         extensions.insert(name.clone(), ExtensionValue::String(value.clone()));
     }
-    let routing_key = routing::event_key(&tenant, &mapping.source_name, &ty);
+    let routing_key = routing::event_key(&tenant, &mapping.source_name, &ty)
+        .map_err(|e| reject(RejectReason::TooLong, e))?;
     extensions.insert("tenant".into(), ExtensionValue::String(tenant));
+    // A transport id too long for a message id becomes its digest (the same on every
+    // redelivery); the original travels along while it is of a sensible size.
+    let id = match &meta.id {
+        Some(id) if !short_string::fits(id) => {
+            if id.len() <= MAX_ORIGINAL_ID_BYTES {
+                extensions.insert(
+                    ORIGINAL_ID_EXTENSION.into(),
+                    ExtensionValue::String(id.clone()),
+                );
+            }
+            short_string::fitting_id(id).into_owned()
+        }
+        Some(id) => id.clone(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
     let event = CloudEvent {
-        id: meta
-            .id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        id,
         source: mapping
             .source_uri
             .clone()
@@ -304,8 +327,14 @@ pub fn normalize(
     event
         .validate()
         .map_err(|e| reject(RejectReason::InvalidCloudEvent, e.0))?;
+    short_string::check_event(&event).map_err(|e| reject(RejectReason::TooLong, e.to_string()))?;
     Ok(Normalized { event, routing_key })
 }
+
+/// The extension that keeps a transport id replaced by its digest.
+pub const ORIGINAL_ID_EXTENSION: &str = "originalid";
+/// The longest transport id kept in `originalid`; a longer one is known by its digest.
+pub const MAX_ORIGINAL_ID_BYTES: usize = 4096;
 
 /// Decides how the payload travels: JSON as JSON, everything else as bytes.
 fn classify(
@@ -652,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn routing_keys_are_sanitised_and_capped() {
+    fn routing_keys_are_sanitised_and_never_cut() {
         let mut mapping = mapping();
         mapping.event_type = Template::fixed("com.github.push *#");
         assert_eq!(
@@ -660,10 +689,42 @@ mod tests {
             "event.acme.orders.com_github_push___"
         );
         mapping.event_type = Template::fixed(&"t".repeat(300));
-        let key = ok(&mapping, &meta(), b"{}").routing_key;
-        assert_eq!(key.len(), routing::MAX_ROUTING_KEY_BYTES);
-        assert!(key.starts_with("event.acme.orders.ttt"));
+        assert_eq!(rejected(&mapping, &meta(), b"{}"), RejectReason::TooLong);
         assert_eq!(mapping.deadletter_key(&meta()), "deadletter.acme.orders");
+    }
+
+    #[test]
+    fn long_transport_ids_become_digests_and_long_passed_through_ids_are_refused() {
+        let mut meta = meta();
+        let long = "k".repeat(300);
+        meta.id = Some(long.clone());
+        let event = ok(&mapping(), &meta, b"{}").event;
+        assert_eq!(event.id, short_string::fitting_id(&long));
+        assert_eq!(
+            event.extensions.get(ORIGINAL_ID_EXTENSION),
+            Some(&ExtensionValue::String(long.clone()))
+        );
+        assert_eq!(ok(&mapping(), &meta, b"{}").event.id, event.id, "stable");
+        meta.id = Some("k".repeat(MAX_ORIGINAL_ID_BYTES + 1));
+        let event = ok(&mapping(), &meta, b"{}").event;
+        assert!(event.id.starts_with("sha256:"));
+        assert!(
+            !event.extensions.contains_key(ORIGINAL_ID_EXTENSION),
+            "bounded"
+        );
+
+        let mut meta = self::meta();
+        meta.content_type = Some("application/cloudevents+json".into());
+        let payload = format!(
+            r#"{{"specversion":"1.0","id":"{long}","source":"/s","type":"t","data":{{}}}}"#
+        );
+        assert_eq!(
+            rejected(&mapping(), &meta, payload.as_bytes()),
+            RejectReason::TooLong
+        );
+        let mut meta = self::meta();
+        meta.content_type = Some(format!("application/x-{}", "c".repeat(300)));
+        assert_eq!(rejected(&mapping(), &meta, b"abc"), RejectReason::TooLong);
     }
 
     #[test]

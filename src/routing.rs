@@ -31,12 +31,26 @@ fn join_capped(words: &[&str]) -> String {
     key
 }
 
-/// `event.<tenant>.<source>.<type>`, capped at 255 bytes (the type word is cut first).
-pub fn event_key(tenant: &str, source_name: &str, event_type: &str) -> String {
-    join_capped(&["event", tenant, source_name, event_type])
+/// `event.<tenant>.<source>.<type>`. A key over 255 bytes is an error, never cut: a cut
+/// key could route the event where its full key would not.
+pub fn event_key(tenant: &str, source_name: &str, event_type: &str) -> Result<String, String> {
+    let key = ["event", tenant, source_name, event_type]
+        .iter()
+        .map(|w| word(w))
+        .collect::<Vec<_>>()
+        .join(".");
+    if key.len() > MAX_ROUTING_KEY_BYTES {
+        return Err(format!(
+            "the routing key would be {} bytes (type `{}`); AMQP allows at most {MAX_ROUTING_KEY_BYTES}",
+            key.len(),
+            crate::short_string::preview(event_type)
+        ));
+    }
+    Ok(key)
 }
 
-/// `deadletter.<tenant>.<source>`.
+/// `deadletter.<tenant>.<source>`, capped at 255 bytes: a dead letter must go somewhere,
+/// and `deadletter.#` bindings still catch a cut key.
 pub fn deadletter_key(tenant: &str, source_name: &str) -> String {
     join_capped(&["deadletter", tenant, source_name])
 }
@@ -136,11 +150,11 @@ mod tests {
     #[test]
     fn words_are_sanitised() {
         assert_eq!(
-            event_key("acme", "github", "com.github.push"),
+            event_key("acme", "github", "com.github.push").unwrap(),
             "event.acme.github.com_github_push"
         );
-        assert_eq!(event_key("a b", "x*y", "#.é"), "event.a_b.x_y.___");
-        assert_eq!(event_key("t", "s", ""), "event.t.s._");
+        assert_eq!(event_key("a b", "x*y", "#.é").unwrap(), "event.a_b.x_y.___");
+        assert_eq!(event_key("t", "s", "").unwrap(), "event.t.s._");
         assert_eq!(deadletter_key("acme", "orders"), "deadletter.acme.orders");
         assert_eq!(
             event_pattern(Some("acme"), "or.ders"),
@@ -208,14 +222,14 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_capped_at_255_bytes() {
-        let long_type = "x".repeat(400);
-        let key = event_key("acme", "src", &long_type);
-        assert_eq!(key.len(), MAX_ROUTING_KEY_BYTES);
-        assert!(key.starts_with("event.acme.src.xxx"));
+    fn event_keys_over_255_bytes_are_errors_and_deadletter_keys_are_capped() {
+        let fits = "x".repeat(255 - "event.acme.src.".len());
+        assert_eq!(event_key("acme", "src", &fits).unwrap().len(), 255);
+        let error = event_key("acme", "src", &format!("{fits}x")).unwrap_err();
+        assert!(error.contains("256 bytes"), "{error}");
         // A cut that lands on a dot never leaves an empty trailing word.
         let tenant = "t".repeat(249);
-        let key = event_key(&tenant, "s", "type");
+        let key = deadletter_key(&tenant, "source");
         assert!(
             !key.ends_with('.') && key.len() <= MAX_ROUTING_KEY_BYTES,
             "{key}"

@@ -123,6 +123,20 @@ impl Template {
             .any(|part| matches!(part, Part::JsonPointer(_)))
     }
 
+    /// The fewest characters a resolved value has: its literal text (placeholders may
+    /// add more), at least one. A routing word keeps one byte per character.
+    pub fn min_chars(&self) -> usize {
+        let literal: usize = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::Literal(text) => text.chars().count(),
+                _ => 0,
+            })
+            .sum();
+        literal.max(1)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }

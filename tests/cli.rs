@@ -179,6 +179,64 @@ fn check_rejects_an_unknown_exchange_key_naming_it() {
     finish(&mut check(&config)).assert_rejected(&["`exchange.colour`"]);
 }
 
+/// Values that end up in AMQP short strings are refused at load, naming the key, rather
+/// than failing (or, before, panicking) on every publish.
+#[test]
+fn check_rejects_names_and_keys_longer_than_amqp_allows() {
+    let dir = ConfigDir::new();
+    let long = "x".repeat(300);
+    for (key, text) in [
+        (
+            "`exchange.name`",
+            format!("[exchange]\nname = \"{long}\"\n"),
+        ),
+        (
+            "`exchange.deadletter`",
+            format!("[exchange]\ndeadletter = \"{long}\"\n"),
+        ),
+        (
+            "`exchange.alternate_exchange`",
+            format!("[exchange]\nalternate_exchange = \"{long}\"\n"),
+        ),
+        (
+            "`type`",
+            nats_bridge("long-type", "cli.long", &format!("type = \"{long}\"")),
+        ),
+        (
+            "`content_type`",
+            nats_bridge("long-ct", "cli.long", &format!("content_type = \"{long}\"")),
+        ),
+    ] {
+        let config = dir.write("broker-bridge.toml", &text);
+        finish(&mut check(&config)).assert_rejected(&[key, "255"]);
+    }
+    // A type template that only may grow long is fine: messages that make it too long
+    // are dead-lettered one by one (too_long).
+    let config = dir.write(
+        "broker-bridge.toml",
+        &nats_bridge("templated", "cli.long", "type = \"{subject}\""),
+    );
+    let finished = finish(&mut check(&config));
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+}
+
+#[test]
+fn emit_refuses_an_id_longer_than_amqp_allows() {
+    let finished = finish(&mut broker_bridge(&[
+        "emit",
+        "--type",
+        "t",
+        "--id",
+        &"i".repeat(300),
+    ]));
+    assert_eq!(finished.code, Some(1), "{}", finished.stdout);
+    assert!(
+        finished.stderr.contains("--id") && finished.stderr.contains("300 bytes"),
+        "{}",
+        finished.stderr
+    );
+}
+
 #[test]
 fn check_rejects_an_unknown_kind_naming_the_bridge() {
     let dir = ConfigDir::new();

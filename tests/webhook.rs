@@ -716,3 +716,99 @@ async fn config_mistakes_name_the_bridge_and_key() {
         assert!(stderr.contains(expected), "{text}: {stderr}");
     }
 }
+
+/// Issue 13's report: a 300-byte delivery id used to panic inside the AMQP client and
+/// leave the hook answering 503 forever. The event is published under the id's digest
+/// (with the original kept), the same id gives the same digest, and the next ordinary
+/// request is published too; a passed-through CloudEvent with a 300-byte id is
+/// dead-lettered as too_long.
+#[tokio::test]
+async fn an_over_long_delivery_id_is_digested_and_the_hook_goes_on() {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("gh");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.acme.{bridge}"))
+        .await;
+    let port = free_port();
+    let keys = "path_token = \"tok-1\"\nid_header = \"X-GitHub-Delivery\"\ntype = \"push\"";
+    let daemon = start(AMQP_URL, &exchange, port, &bridge, keys).await;
+    let path = format!("/hooks/{bridge}/tok-1");
+    let long_id = "a".repeat(300);
+    for _ in 0..2 {
+        let (status, body) =
+            post(port, &path, &[JSON, ("X-GitHub-Delivery", &long_id)], b"{}").await;
+        assert_eq!(status, 200, "{body}; log: {}", daemon.log());
+    }
+    let (status, _) = post(
+        port,
+        &path,
+        &[JSON, ("X-GitHub-Delivery", "short-1")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let received = rabbit
+        .take_exactly(&queue, 3, Duration::from_secs(10))
+        .await;
+    assert_eq!(received.len(), 3);
+    let (first, second) = (received[0].json(), received[1].json());
+    let digest = first["id"].as_str().unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    assert_eq!(second["id"], first["id"], "a resent delivery keeps its id");
+    assert_eq!(first["originalid"], long_id.as_str());
+    assert_eq!(
+        received[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some(digest)
+    );
+    assert_eq!(received[2].json()["id"], "short-1");
+
+    let event = format!(
+        r#"{{"specversion":"1.0","id":"{}","source":"/s","type":"t","data":{{}}}}"#,
+        "b".repeat(300)
+    );
+    let (status, body) = post(
+        port,
+        &path,
+        &[("Content-Type", "application/cloudevents+json")],
+        event.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let letters = rabbit.take_exactly(&dead, 1, Duration::from_secs(10)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].header("x-bridge-reason").as_deref(),
+        Some("too_long")
+    );
+    let (status, _) = post(
+        port,
+        &path,
+        &[JSON, ("X-GitHub-Delivery", "short-2")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 200, "the hook goes on");
+    let metrics = daemon.metrics();
+    assert_eq!(
+        metrics.get(
+            "bridge_events_dead_lettered_total",
+            &[
+                ("bridge", bridge.as_str()),
+                ("kind", "webhook"),
+                ("reason", "too_long")
+            ]
+        ),
+        Some(1.0)
+    );
+}

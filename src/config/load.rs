@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{BridgeSpec, CommonKeys, Config, PayloadFormat, TopLevel, fields};
+use crate::short_string::MAX_SHORT_STRING;
 use crate::sources;
 use crate::template::Template;
 
@@ -457,6 +458,23 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
     if exchange.name.is_empty() {
         return Err(exchange_error("name", "must not be empty"));
     }
+    for (key, name) in [
+        ("name", Some(&exchange.name)),
+        ("deadletter", exchange.deadletter.as_ref()),
+        ("alternate_exchange", exchange.alternate_exchange.as_ref()),
+    ] {
+        if let Some(name) = name
+            && name.len() > MAX_SHORT_STRING
+        {
+            return Err(exchange_error(
+                key,
+                &format!(
+                    "is {} bytes; AMQP exchange names hold at most {MAX_SHORT_STRING}",
+                    name.len()
+                ),
+            ));
+        }
+    }
     if let Err(e) = exchange.url.parse::<lapin::uri::AMQPUri>() {
         return Err(exchange_error("url", &format!("not an AMQP URL: {e}")));
     }
@@ -547,8 +565,38 @@ fn build_bridge(
             "comes from configuration, a subject token or a header, never from the payload".into(),
         ));
     }
-    if let Some(text) = &common.event_type {
-        Template::parse(text).map_err(|e| key_error("type", e.to_string()))?;
+    let type_template = match &common.event_type {
+        Some(text) => Some(Template::parse(text).map_err(|e| key_error("type", e.to_string()))?),
+        None => None,
+    };
+    // `event.<tenant>.<source>.<type>`: refuse settings whose every key is too long
+    // rather than dead-letter every message.
+    let source_word_len = common
+        .source_name
+        .as_deref()
+        .unwrap_or(&common.name)
+        .chars()
+        .count()
+        .max(1);
+    let shortest_key = "event...".len()
+        + tenant_template.min_chars()
+        + source_word_len
+        + type_template.as_ref().map_or(1, Template::min_chars);
+    if shortest_key > MAX_SHORT_STRING {
+        return Err(key_error(
+            "type",
+            format!(
+                "with this tenant and source_name every routing key would be at least {shortest_key} bytes; AMQP allows at most {MAX_SHORT_STRING}"
+            ),
+        ));
+    }
+    if let Some(content_type) = &common.content_type
+        && content_type.len() > MAX_SHORT_STRING
+    {
+        return Err(key_error(
+            "content_type",
+            format!("must be at most {MAX_SHORT_STRING} bytes"),
+        ));
     }
     if let Some(field) = &common.time_field
         && field.is_empty()

@@ -15,9 +15,20 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE};
+use crate::cloudevent::CloudEvent;
+
+/// The content type of structured-mode messages on the exchange.
+const STRUCTURED_CONTENT_TYPE_UTF8: &str = "application/cloudevents+json; charset=utf-8";
 use crate::config::{ContentMode, ExchangeConfig};
 use crate::metrics::Registry;
+use crate::short_string::{BINARY_HEADER_PREFIX, TooLong, constant, short_string};
+
+/// A value `normalize` should have kept within bounds but did not: logged, left out.
+fn fitting(checked: Result<ShortString, TooLong>) -> Option<ShortString> {
+    checked
+        .inspect_err(|error| tracing::error!(%error, "left out of the message (a bug: it should have been checked earlier)"))
+        .ok()
+}
 
 /// Header naming why a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-bridge-error";
@@ -71,6 +82,8 @@ pub enum PublishError {
     Connection(String),
     #[error("publisher shut down")]
     ShutDown,
+    #[error("cannot encode the message: {0}")]
+    Unencodable(String),
 }
 
 #[derive(Clone)]
@@ -166,9 +179,14 @@ impl Publisher {
         else {
             return Err(PublishError::Connection("not connected".into()));
         };
+        // Both are bounded before they get here (config validation, `routing`); a value
+        // that still does not fit is an error for this message, never a panic.
+        let unfit = |e: TooLong| PublishError::Unencodable(e.to_string());
+        let exchange = short_string("the exchange name", &message.exchange).map_err(unfit)?;
+        let routing_key = short_string("the routing key", &message.routing_key).map_err(unfit)?;
         let publish = channel.basic_publish(
-            ShortString::from(message.exchange.as_str()),
-            ShortString::from(message.routing_key.as_str()),
+            exchange,
+            routing_key,
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -207,31 +225,35 @@ impl Publisher {
 
     /// Encodes an event for the exchange (structured or binary mode, per config).
     pub fn event_message(&self, event: &CloudEvent, routing_key: String) -> Outbound {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(event.id.as_str()));
+        // `normalize` made every short string of the event fit (`check_event`); a value
+        // that still does not is left out rather than cut.
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = fitting(short_string("the event id", &event.id)) {
+            properties = properties.with_message_id(id);
+        }
         if let Some(time) = event.time_utc {
             properties = properties.with_timestamp(time.timestamp().max(0) as u64);
         }
         let body = match self.config.content_mode {
             ContentMode::Structured => {
-                properties = properties.with_content_type(ShortString::from(format!(
-                    "{STRUCTURED_CONTENT_TYPE}; charset=utf-8"
-                )));
+                properties = properties.with_content_type(constant(STRUCTURED_CONTENT_TYPE_UTF8));
                 bytes::Bytes::from(event.to_structured_json())
             }
             ContentMode::Binary => {
                 let mut headers = FieldTable::default();
                 for (name, value) in event.binary_attributes() {
-                    headers.insert(
-                        ShortString::from(format!("ce-{name}")),
-                        AMQPValue::LongString(LongString::from(value)),
-                    );
+                    let header = format!("{BINARY_HEADER_PREFIX}{name}");
+                    if let Some(header) = fitting(short_string("a header name", &header)) {
+                        headers.insert(header, AMQPValue::LongString(LongString::from(value)));
+                    }
                 }
                 properties = properties.with_headers(headers);
-                if let Some(content_type) = &event.datacontenttype {
-                    properties =
-                        properties.with_content_type(ShortString::from(content_type.as_str()));
+                if let Some(content_type) = event
+                    .datacontenttype
+                    .as_deref()
+                    .and_then(|ct| fitting(short_string("datacontenttype", ct)))
+                {
+                    properties = properties.with_content_type(content_type);
                 }
                 event.binary_body()
             }
@@ -247,9 +269,9 @@ impl Publisher {
     /// The dead-letter copy of a message: original bytes and content type, the reason.
     pub fn deadletter_message(&self, letter: DeadLetter<'_>) -> Outbound {
         let mut headers = FieldTable::default();
-        let mut put = |name: &str, value: &str| {
+        let mut put = |name: &'static str, value: &str| {
             headers.insert(
-                ShortString::from(name),
+                constant(name),
                 AMQPValue::LongString(LongString::from(value)),
             );
         };
@@ -262,8 +284,13 @@ impl Publisher {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(headers);
-        if let Some(content_type) = letter.content_type {
-            properties = properties.with_content_type(ShortString::from(content_type));
+        // The original content type is outside data: kept when it fits, else left out
+        // (the dead letter must go out whatever came in).
+        if let Some(content_type) = letter
+            .content_type
+            .and_then(|ct| fitting(short_string("the content type", ct)))
+        {
+            properties = properties.with_content_type(content_type);
         }
         Outbound {
             exchange: self.deadletter_exchange().to_owned(),
@@ -384,7 +411,7 @@ impl Manager {
                     self.registry.exchange_up.store(0, Relaxed);
                     let _ = tokio::time::timeout(
                         std::time::Duration::from_secs(2),
-                        connection.close(200, ShortString::from("broker-bridge reconnecting")),
+                        connection.close(200, constant("broker-bridge reconnecting")),
                     )
                     .await;
                     match reason {
@@ -425,9 +452,7 @@ impl Manager {
         match setup.await {
             Ok(channel) => Ok((connection, channel)),
             Err(error) => {
-                let _ = connection
-                    .close(200, ShortString::from("setup failed"))
-                    .await;
+                let _ = connection.close(200, constant("setup failed")).await;
                 Err(error.into())
             }
         }
@@ -442,13 +467,16 @@ async fn declare(
     let mut arguments = FieldTable::default();
     if let Some(alternate) = &config.alternate_exchange {
         arguments.insert(
-            ShortString::from("alternate-exchange"),
+            constant("alternate-exchange"),
             AMQPValue::LongString(LongString::from(alternate.as_str())),
         );
     }
+    // Exchange names are checked when the config is loaded.
+    let name = short_string("the exchange name", name)
+        .map_err(|e| lapin::Error::from(std::io::Error::other(e)))?;
     channel
         .exchange_declare(
-            ShortString::from(name),
+            name,
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: config.durable,

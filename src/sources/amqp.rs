@@ -71,7 +71,13 @@ use crate::routing;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// AMQP short strings (queue, exchange, binding key, consumer tag) hold at most 255 bytes.
-const MAX_SHORT_STRING: usize = 255;
+use crate::short_string::{MAX_SHORT_STRING, TooLong, constant};
+
+/// A short string of a value checked when the config was loaded; one that still does
+/// not fit is a setup error, never a panic.
+fn wire(what: &'static str, value: &str) -> Result<ShortString, SetupError> {
+    crate::short_string::short_string(what, value).map_err(SetupError::TooLong)
+}
 
 /// AMQP properties offered to templates as if they were headers, e.g.
 /// `type = "{header:amqp-type}"` or `tenant = "{header:amqp-user-id}"` (RabbitMQ checks
@@ -212,6 +218,7 @@ impl AmqpSpec {
             }
         }
         for (name, value) in &self.arguments {
+            short_string(&format!("arguments.{name}"), name)?;
             if !(value.is_string() || value.is_i64() || value.is_boolean()) {
                 return Err(format!(
                     "key `arguments.{name}`: must be text, a whole number or true/false"
@@ -264,7 +271,7 @@ impl AmqpSpec {
                     );
                 }
                 for key in keys.iter().flatten() {
-                    if key.len() > MAX_SHORT_STRING {
+                    if !crate::short_string::fits(key) {
                         return Err(format!(
                             "key `binding_keys`: `{key}` is longer than {MAX_SHORT_STRING} bytes"
                         ));
@@ -368,7 +375,7 @@ fn short_string(key: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("key `{key}`: must not be empty"));
     }
-    if value.len() > MAX_SHORT_STRING {
+    if !crate::short_string::fits(value) {
         return Err(format!(
             "key `{key}`: must be at most {MAX_SHORT_STRING} bytes"
         ));
@@ -521,6 +528,8 @@ fn percent_encode(text: &str) -> String {
 enum SetupError {
     #[error("bad url: {0}")]
     Url(String),
+    #[error("{0}")]
+    TooLong(TooLong),
     #[error("cannot read the TLS {what} {}: {error}", path.display())]
     ReadFile {
         what: &'static str,
@@ -633,15 +642,15 @@ async fn open(
         .await
         .map_err(SetupError::Qos)?;
 
-    let queue = ShortString::from(spec.queue.as_str());
+    let queue = wire("the queue name", &spec.queue)?;
     declare_queue(&connection, &channel, spec).await?;
     if let Some(exchange) = &spec.bind_exchange {
         for key in spec.binding_keys() {
             channel
                 .queue_bind(
                     queue.clone(),
-                    ShortString::from(exchange.as_str()),
-                    ShortString::from(key),
+                    wire("bind_exchange", exchange)?,
+                    wire("a binding key", key)?,
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -661,7 +670,7 @@ async fn open(
     let consumer = channel
         .basic_consume(
             queue,
-            ShortString::from(tag),
+            wire("consumer_tag", &tag)?,
             // Manual acknowledgements: no_ack stays false.
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -691,7 +700,7 @@ async fn declare_queue(
 ) -> Result<(), SetupError> {
     let declared = channel
         .queue_declare(
-            ShortString::from(spec.queue.as_str()),
+            wire("the queue name", &spec.queue)?,
             QueueDeclareOptions {
                 passive: !spec.declare,
                 durable: spec.durable(),
@@ -818,7 +827,8 @@ async fn messages_in(connection: &Connection, queue: &str) -> Result<u32, lapin:
     let channel = connection.create_channel().await?;
     let declared = channel
         .queue_declare(
-            ShortString::from(queue),
+            crate::short_string::short_string("the queue name", queue)
+                .map_err(|e| lapin::Error::from(std::io::Error::other(e)))?,
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -826,7 +836,7 @@ async fn messages_in(connection: &Connection, queue: &str) -> Result<u32, lapin:
             FieldTable::default(),
         )
         .await?;
-    let _ = channel.close(200, ShortString::from("done")).await;
+    let _ = channel.close(200, constant("done")).await;
     Ok(declared.message_count())
 }
 
@@ -865,7 +875,7 @@ pub async fn verify_queue(spec: &AmqpSpec, bridge: &str) -> Result<(), SourceErr
     // Declaring an existing queue with equal settings changes nothing.
     let declared = channel
         .queue_declare(
-            ShortString::from(spec.queue.as_str()),
+            wire("the queue name", &spec.queue)?,
             QueueDeclareOptions {
                 passive: false,
                 durable: spec.durable(),
@@ -876,7 +886,7 @@ pub async fn verify_queue(spec: &AmqpSpec, bridge: &str) -> Result<(), SourceErr
             queue_arguments(&spec.arguments),
         )
         .await;
-    let _ = connection.close(200, ShortString::from("verified")).await;
+    let _ = connection.close(200, constant("verified")).await;
     match declared {
         Ok(_) => Ok(()),
         Err(error) => Err(match SettingsConflict::of(&error) {
@@ -1097,7 +1107,10 @@ fn queue_arguments(arguments: &BTreeMap<String, Value>) -> FieldTable {
             // Refused when the config was loaded.
             _ => continue,
         };
-        table.insert(ShortString::from(name.as_str()), value);
+        // Names are checked when the config is loaded; one that does not fit is left out.
+        if let Ok(name) = crate::short_string::short_string("an argument name", name) {
+            table.insert(name, value);
+        }
     }
     table
 }
