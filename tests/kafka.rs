@@ -125,41 +125,69 @@ impl Kafka {
     /// Records waiting for the bridge's group: end offsets minus committed offsets
     /// (the start of the log where nothing is committed yet).
     async fn pending_for_group(&self, group: &str) -> Option<u64> {
-        let topic = self.topic.clone();
-        let group = group.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", BROKERS)
-                .set("group.id", &group)
-                .create()
-                .ok()?;
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .ok()?;
-            let partitions = metadata.topics().first()?.partitions().len() as i32;
-            let mut list = TopicPartitionList::new();
-            for partition in 0..partitions {
-                list.add_partition(&topic, partition);
-            }
-            let committed = consumer
-                .committed_offsets(list, Duration::from_secs(10))
-                .ok()?;
-            let mut pending = 0;
-            for partition in 0..partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                    .ok()?;
-                let at = match committed.find_partition(&topic, partition)?.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => low,
-                };
-                pending += (high - at).max(0) as u64;
-            }
-            Some(pending)
-        })
-        .await
-        .unwrap()
+        pending(&self.topic, group).await
     }
+}
+
+/// Each partition of `topic` as `group` stands there: `(committed offset, low, high)`,
+/// read with a client that joins no group.
+async fn standing(topic: &str, group: &str) -> Option<Vec<(Option<i64>, i64, i64)>> {
+    let topic = topic.to_owned();
+    let group = group.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", BROKERS)
+            .set("group.id", &group)
+            .create()
+            .ok()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .ok()?;
+        let partitions = metadata.topics().first()?.partitions().len() as i32;
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(&topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .ok()?;
+        let mut out = Vec::new();
+        for partition in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .ok()?;
+            let at = match committed.find_partition(&topic, partition)?.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            out.push((at, low, high));
+        }
+        Some(out)
+    })
+    .await
+    .unwrap()
+}
+
+/// Records of `topic` waiting for `group`: end offsets minus committed offsets (the
+/// start of the log where nothing is committed yet).
+async fn pending(topic: &str, group: &str) -> Option<u64> {
+    let partitions = standing(topic, group).await?;
+    Some(
+        partitions
+            .iter()
+            .map(|(at, low, high)| (high - at.unwrap_or(*low)).max(0) as u64)
+            .sum(),
+    )
+}
+
+/// Committed offsets of `group` on the partitions of `topic` (`None`: nothing).
+async fn committed(topic: &str, group: &str) -> Vec<Option<i64>> {
+    standing(topic, group)
+        .await
+        .expect("the broker answers")
+        .into_iter()
+        .map(|(at, _, _)| at)
+        .collect()
 }
 
 impl SourceUnderTest for Kafka {
@@ -733,4 +761,787 @@ async fn a_missing_topic_is_reported_until_it_exists() {
         .await;
     assert_eq!(received.len(), 1, "log: {}", daemon.log());
     assert_eq!(received[0].json()["id"], format!("{topic}:0:0"));
+}
+
+// --- Editing a bridge's source keys: what happens to the records waiting for it. ---
+//
+// Each test leaves records waiting at the source when the edit takes effect (the
+// exchange is cut for a reload, the daemon is stopped for a restart), then accounts for
+// every one of them by id `<topic>:<partition>:<offset>`: published after the edit, or
+// still waiting for a group (its committed offset) and reported by the daemon.
+
+/// A kafka bridge reading `topics`, with `extra` keys.
+fn kafka_bridge(name: &str, topics: &[&str], extra: &str) -> String {
+    let topics: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "[[bridge]]\nname = \"{name}\"\nkind = \"kafka\"\nbrokers = \"{BROKERS}\"\ntopics = [{}]\n{extra}\n",
+        topics.join(", ")
+    )
+}
+
+/// Produces `{"n":N}` records for `numbers` to partition 0 of `topic`; their event ids.
+async fn produce_numbered(
+    producer: &FutureProducer,
+    topic: &str,
+    run: &str,
+    numbers: std::ops::Range<u64>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in numbers {
+        let (partition, offset) = produce(
+            producer,
+            topic,
+            &numbered(run, n),
+            Record {
+                partition: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+        ids.push(format!("{topic}:{partition}:{offset}"));
+    }
+    ids
+}
+
+fn event_ids(received: &[Received]) -> HashSet<String> {
+    received
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Takes events until every id in `expected` arrived (or `timeout`), then whatever else
+/// comes within half a second.
+async fn take_ids(
+    rabbit: &Rabbit,
+    queue: &str,
+    expected: &HashSet<String>,
+    timeout: Duration,
+) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut received = Vec::new();
+    loop {
+        let missing = expected.difference(&event_ids(&received)).count();
+        if missing == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        received.extend(rabbit.take(queue, missing, Duration::from_secs(2)).await);
+    }
+    received.extend(
+        rabbit
+            .take(queue, usize::MAX, Duration::from_millis(500))
+            .await,
+    );
+    received
+}
+
+/// Produces marker records to `topic` until one is bridged: from then on the bridge
+/// reads every new record of the topic (with `start = "latest"`, records produced
+/// before the group found the end of a partition are not read). Returns what arrived.
+async fn until_reading(
+    producer: &FutureProducer,
+    topic: &str,
+    rabbit: &Rabbit,
+    queue: &str,
+) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no marker on {topic} was bridged"
+        );
+        produce(
+            producer,
+            topic,
+            format!("{{\"marker\":{n}}}").as_bytes(),
+            Record {
+                partition: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+        let received = rabbit.take(queue, 1, Duration::from_secs(1)).await;
+        if !received.is_empty() {
+            return received;
+        }
+    }
+    unreachable!()
+}
+
+/// The daemon's log without colours.
+fn plain_log(daemon: &Daemon) -> String {
+    let log = daemon.log();
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log.as_str();
+    while let Some(at) = rest.find('\u{1b}') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = match rest.find('m') {
+            Some(end) => &rest[end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Waits until `needle` appears `count` times in the daemon's log.
+async fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    while plain_log(daemon).matches(needle).count() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{needle}` {count} time(s) in the log: {}",
+            plain_log(daemon)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The line the source logs once it has subscribed.
+const SUBSCRIBED: &str = "kafka: subscribed";
+
+/// Cuts the daemon's exchange connection and waits until the daemon sees it down: from
+/// then on records wait at the source.
+async fn cut_exchange(proxy: &Proxy, daemon: &Daemon) {
+    proxy.cut();
+    eventually(Duration::from_secs(15), "exchange seen down", || {
+        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+    })
+    .await;
+}
+
+async fn wait_committed(topic: &str, group: &str) {
+    eventually_async(
+        Duration::from_secs(30),
+        &format!("{topic} committed for {group}"),
+        || async { pending(topic, group).await == Some(0) },
+    )
+    .await;
+}
+
+/// Reload: a topic added is read from its oldest record (`start = "earliest"`, no
+/// committed offset there), and the daemon says so; the kept topic goes on from its
+/// committed offset: its 20 waiting records are published, the 10 committed before the
+/// edit are not read again.
+#[tokio::test]
+async fn reload_adding_a_topic_starts_it_at_start_and_keeps_the_other_topics_offsets() {
+    let (a, b) = (unique("kt-a"), unique("kt-b"));
+    create_topic(&a, 1).await;
+    create_topic(&b, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let extra = format!("group_id = \"{group}\"\nmax_in_flight = 5");
+    let daemon = Daemon::start(
+        &proxy.amqp_url(),
+        &exchange,
+        &kafka_bridge(&bridge, &[&a], &extra),
+    )
+    .await;
+    daemon.wait_ready().await;
+
+    let run = unique("r");
+    let bridged: HashSet<String> = produce_numbered(&producer, &a, &run, 0..10)
+        .await
+        .into_iter()
+        .collect();
+    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    assert_eq!(event_ids(&received), bridged, "log: {}", plain_log(&daemon));
+    wait_committed(&a, &group).await;
+    // b holds records the bridge has never read.
+    let held_by_b = produce_numbered(&producer, &b, &run, 100..104).await;
+
+    cut_exchange(&proxy, &daemon).await;
+    let waiting = produce_numbered(&producer, &a, &run, 10..30).await;
+    assert_eq!(pending(&a, &group).await, Some(20));
+    daemon.write_bridges(&kafka_bridge(&bridge, &[&a, &b], &extra));
+    wait_log(&daemon, SUBSCRIBED, 2).await;
+    let said = format!(
+        "group `{group}` has no committed offset on {b}[0]: it starts at their oldest record (start = \"earliest\"): 4 record(s)"
+    );
+    assert!(
+        plain_log(&daemon).contains(&said),
+        "{said}: {}",
+        plain_log(&daemon)
+    );
+    proxy.restore();
+
+    let expected: HashSet<String> = waiting.iter().chain(&held_by_b).cloned().collect();
+    let received = take_ids(&rabbit, &queue, &expected, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&expected),
+        "missing {:?}; log: {}",
+        expected.difference(&ids).collect::<Vec<_>>(),
+        plain_log(&daemon)
+    );
+    assert!(
+        ids.is_disjoint(&bridged),
+        "records committed before the edit were read again: {:?}",
+        ids.intersection(&bridged).collect::<Vec<_>>()
+    );
+    wait_committed(&a, &group).await;
+    wait_committed(&b, &group).await;
+}
+
+/// Restart with `start = "latest"`: a topic added starts at its end, and the daemon
+/// names the records it will not bridge there (they were never waiting for the bridge);
+/// the kept topic's 20 waiting records are published, because its committed offset
+/// wins over `start`; new records of the added topic are bridged.
+#[tokio::test]
+async fn restart_adding_a_topic_with_start_latest_skips_only_what_it_held_and_says_so() {
+    let (a, b) = (unique("kt-a"), unique("kt-b"));
+    create_topic(&a, 1).await;
+    create_topic(&b, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let extra = format!("group_id = \"{group}\"\nstart = \"latest\"");
+    let mut daemon =
+        Daemon::start(AMQP_URL, &exchange, &kafka_bridge(&bridge, &[&a], &extra)).await;
+    daemon.wait_ready().await;
+    let run = unique("r");
+    until_reading(&producer, &a, &rabbit, &queue).await;
+    let bridged: HashSet<String> = produce_numbered(&producer, &a, &run, 0..10)
+        .await
+        .into_iter()
+        .collect();
+    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    assert!(
+        event_ids(&received).is_superset(&bridged),
+        "log: {}",
+        plain_log(&daemon)
+    );
+    wait_committed(&a, &group).await;
+    let held_by_b: HashSet<String> = produce_numbered(&producer, &b, &run, 100..104)
+        .await
+        .into_iter()
+        .collect();
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let waiting: HashSet<String> = produce_numbered(&producer, &a, &run, 10..30)
+        .await
+        .into_iter()
+        .collect();
+    daemon.write_bridges(&kafka_bridge(&bridge, &[&a, &b], &extra));
+    daemon.restart().await;
+    let said = format!(
+        "group `{group}` has no committed offset on {b}[0]: it starts at their end (start = \"latest\"), so the 4 record(s) they hold now are not bridged"
+    );
+    wait_log(&daemon, &said, 1).await;
+
+    let mut received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
+    received.extend(until_reading(&producer, &b, &rabbit, &queue).await);
+    let later: HashSet<String> = produce_numbered(&producer, &b, &run, 104..109)
+        .await
+        .into_iter()
+        .collect();
+    received.extend(take_ids(&rabbit, &queue, &later, Duration::from_secs(60)).await);
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&waiting) && ids.is_superset(&later),
+        "missing {:?} {:?}; log: {}",
+        waiting.difference(&ids).collect::<Vec<_>>(),
+        later.difference(&ids).collect::<Vec<_>>(),
+        plain_log(&daemon)
+    );
+    assert!(ids.is_disjoint(&bridged), "committed records read again");
+    assert!(
+        ids.is_disjoint(&held_by_b),
+        "start = latest skipped what b held"
+    );
+    wait_committed(&a, &group).await;
+}
+
+/// Reload removing a topic: the group keeps its committed offset there, the daemon
+/// names the topic, the group and the 10 records left waiting, and none of them is
+/// read; listing the topic again (here across a restart, where the daemon remembers
+/// nothing) resumes from that offset: all 13 waiting records are published, none of the
+/// 5 bridged before is read again.
+#[tokio::test]
+async fn removing_a_topic_keeps_its_offsets_and_listing_it_again_resumes() {
+    let (a, b) = (unique("kt-a"), unique("kt-b"));
+    create_topic(&a, 1).await;
+    create_topic(&b, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let extra = format!("group_id = \"{group}\"");
+    let mut daemon = Daemon::start(
+        &proxy.amqp_url(),
+        &exchange,
+        &kafka_bridge(&bridge, &[&a, &b], &extra),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let run = unique("r");
+    let mut bridged: HashSet<String> = HashSet::new();
+    bridged.extend(produce_numbered(&producer, &a, &run, 0..5).await);
+    bridged.extend(produce_numbered(&producer, &b, &run, 100..105).await);
+    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    assert_eq!(event_ids(&received), bridged, "log: {}", plain_log(&daemon));
+    wait_committed(&a, &group).await;
+    wait_committed(&b, &group).await;
+
+    cut_exchange(&proxy, &daemon).await;
+    let waiting_a: HashSet<String> = produce_numbered(&producer, &a, &run, 5..15)
+        .await
+        .into_iter()
+        .collect();
+    let mut waiting_b: HashSet<String> = produce_numbered(&producer, &b, &run, 105..115)
+        .await
+        .into_iter()
+        .collect();
+    daemon.write_bridges(&kafka_bridge(&bridge, &[&a], &extra));
+    let said = format!(
+        "key `topics`: `{b}` is no longer read; group `{group}` keeps its committed offsets there ({b}[0] at 5 (10 unread)), and listing it again resumes from them; until then 10 record(s) there are not bridged"
+    );
+    wait_log(&daemon, &said, 1).await;
+    proxy.restore();
+    let received = take_ids(&rabbit, &queue, &waiting_a, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(ids.is_superset(&waiting_a), "log: {}", plain_log(&daemon));
+    assert!(ids.is_disjoint(&waiting_b), "b is no longer read");
+    wait_committed(&a, &group).await;
+    // The accounting of b: every waiting record is still waiting for the group.
+    assert_eq!(committed(&b, &group).await, vec![Some(5)]);
+    assert_eq!(pending(&b, &group).await, Some(10));
+
+    // Listed again after a restart: the group resumes from its committed offset.
+    assert_eq!(daemon.terminate(), Some(0));
+    waiting_b.extend(produce_numbered(&producer, &b, &run, 115..118).await);
+    daemon.write_bridges(&kafka_bridge(&bridge, &[&a, &b], &extra));
+    daemon.restart().await;
+    let received = take_ids(&rabbit, &queue, &waiting_b, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&waiting_b),
+        "missing {:?}; log: {}",
+        waiting_b.difference(&ids).collect::<Vec<_>>(),
+        plain_log(&daemon)
+    );
+    assert!(
+        ids.is_disjoint(&bridged),
+        "records bridged before were read again"
+    );
+    wait_committed(&b, &group).await;
+}
+
+/// Reload changing `group_id` with `start = "latest"` while the old group has 20
+/// records waiting: the new group has no offsets and would start at the end, so the
+/// edit is refused with the key, both groups and the old group's offsets; nothing is
+/// committed for the new group and the records keep waiting for the old one, which then
+/// publishes all of them.
+#[tokio::test]
+async fn reload_changing_the_group_where_it_would_skip_records_is_refused() {
+    let topic = unique("kt");
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge) = (unique("ex"), unique("b"));
+    let (old_group, new_group) = (unique("g-old"), unique("g-new"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let table = |group: &str| {
+        kafka_bridge(
+            &bridge,
+            &[&topic],
+            &format!("group_id = \"{group}\"\nstart = \"latest\""),
+        )
+    };
+    let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table(&old_group)).await;
+    daemon.wait_ready().await;
+    let run = unique("r");
+    until_reading(&producer, &topic, &rabbit, &queue).await;
+    let bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
+        .await
+        .into_iter()
+        .collect();
+    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    assert!(event_ids(&received).is_superset(&bridged));
+    wait_committed(&topic, &old_group).await;
+    let [Some(at)] = committed(&topic, &old_group).await[..] else {
+        panic!("one committed offset")
+    };
+
+    cut_exchange(&proxy, &daemon).await;
+    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..25)
+        .await
+        .into_iter()
+        .collect();
+    daemon.write_bridges(&table(&new_group));
+    let said = format!(
+        "key `group_id`: changing it from `{old_group}` to `{new_group}` would skip 20 record(s): `{new_group}` has no committed offset on {topic}[0] and would start at their end (start = \"latest\"), where `{old_group}` has not read them yet ({topic}[0] at {at} (20 unread))"
+    );
+    // A reload is refused as a whole (the old bridge keeps running); a bridge that
+    // connects with the new group anyway (the broker did not answer the check in time)
+    // refuses to start and says why in its status.
+    eventually(Duration::from_secs(45), "the refusal reported", || {
+        let bridges = daemon.bridges();
+        let reload = bridges["config"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let status = daemon
+            .bridge_status(&bridge)
+            .and_then(|b| b["status"]["last_error"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        reload.contains(&said) || status.contains(&said)
+    })
+    .await;
+    let reload_refused = daemon.bridges()["config"]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains(&said) && e.contains(&bridge));
+    if reload_refused {
+        daemon.wait_running(&bridge).await;
+    }
+    // The accounting at the refusal: all 20 wait for the old group, the new one has
+    // nothing committed.
+    assert_eq!(pending(&topic, &old_group).await, Some(20));
+    assert_eq!(committed(&topic, &new_group).await, vec![None]);
+
+    // Back to the old group (a no-op where the reload was refused): all 20 arrive.
+    daemon.write_bridges(&table(&old_group));
+    proxy.restore();
+    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&waiting),
+        "missing {:?}; log: {}",
+        waiting.difference(&ids).collect::<Vec<_>>(),
+        plain_log(&daemon)
+    );
+    assert!(ids.is_disjoint(&bridged));
+    wait_committed(&topic, &old_group).await;
+    assert_eq!(committed(&topic, &new_group).await, vec![None]);
+}
+
+/// Reload changing `group_id` with `start = "earliest"`: the new group reads the topic
+/// from its oldest record, so the 20 waiting records are published (and the 5 bridged
+/// before come again with their ids); the daemon names the key, both groups and the
+/// offset the old group keeps.
+#[tokio::test]
+async fn reload_changing_the_group_with_start_earliest_reads_again_and_says_so() {
+    let topic = unique("kt");
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge) = (unique("ex"), unique("b"));
+    let (old_group, new_group) = (unique("g-old"), unique("g-new"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let table = |group: &str| kafka_bridge(&bridge, &[&topic], &format!("group_id = \"{group}\""));
+    let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table(&old_group)).await;
+    daemon.wait_ready().await;
+    let run = unique("r");
+    let bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
+        .await
+        .into_iter()
+        .collect();
+    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    let first_ids = event_ids(&received);
+    assert_eq!(first_ids, bridged);
+    wait_committed(&topic, &old_group).await;
+
+    cut_exchange(&proxy, &daemon).await;
+    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..25)
+        .await
+        .into_iter()
+        .collect();
+    daemon.write_bridges(&table(&new_group));
+    let said = format!(
+        "key `group_id` changed from `{old_group}` to `{new_group}`: `{old_group}` keeps its committed offsets ({topic}[0] at 5 (20 unread)); `{new_group}` reads from its own, and has none on {topic}[0]: it starts there at the earliest offset (start = \"earliest\"), so records `{old_group}` bridged already are bridged again, with the same ids"
+    );
+    wait_log(&daemon, &said, 1).await;
+    proxy.restore();
+    let expected: HashSet<String> = waiting.union(&bridged).cloned().collect();
+    let received = take_ids(&rabbit, &queue, &expected, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&expected),
+        "missing {:?}; log: {}",
+        expected.difference(&ids).collect::<Vec<_>>(),
+        plain_log(&daemon)
+    );
+    let (by_number, _) = ids_by_number(&received);
+    assert_eq!(
+        by_number.len(),
+        25,
+        "one id per record, the same when read again"
+    );
+    wait_committed(&topic, &new_group).await;
+    // The old group keeps its offset: nothing moved it.
+    assert_eq!(committed(&topic, &old_group).await, vec![Some(5)]);
+}
+
+/// Restart after setting `group_id` on a bridge that used the default group, with
+/// `start = "latest"`: the daemon cannot know the previous group in general, but it
+/// names the records the new group skips and the default group's 20 waiting records;
+/// those stay committed there, and removing `group_id` again (a reload) publishes them.
+#[tokio::test]
+async fn restart_changing_the_group_reports_what_the_default_group_keeps() {
+    let topic = unique("kt");
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge, new_group) = (unique("ex"), unique("b"), unique("g-new"));
+    let default_group = format!("broker-bridge-{bridge}");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let latest = "start = \"latest\"";
+    let mut daemon = Daemon::start(
+        AMQP_URL,
+        &exchange,
+        &kafka_bridge(&bridge, &[&topic], latest),
+    )
+    .await;
+    daemon.wait_ready().await;
+    let run = unique("r");
+    until_reading(&producer, &topic, &rabbit, &queue).await;
+    let bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
+        .await
+        .into_iter()
+        .collect();
+    take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    wait_committed(&topic, &default_group).await;
+    let [Some(at)] = committed(&topic, &default_group).await[..] else {
+        panic!("one committed offset")
+    };
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..25)
+        .await
+        .into_iter()
+        .collect();
+    let with_group = format!("{latest}\ngroup_id = \"{new_group}\"");
+    daemon.write_bridges(&kafka_bridge(&bridge, &[&topic], &with_group));
+    daemon.restart().await;
+    let held = at + 20;
+    let said = format!(
+        "group `{new_group}` has no committed offset on {topic}[0]: it starts at their end (start = \"latest\"), so the {held} record(s) they hold now are not bridged; the default group `{default_group}` has 20 unread record(s) on these topics ({topic}[0] at {at} (20 unread))"
+    );
+    wait_log(&daemon, &said, 1).await;
+    daemon.wait_running(&bridge).await;
+    // The accounting: all 20 still wait for the default group, and the daemon said so.
+    assert_eq!(pending(&topic, &default_group).await, Some(20));
+    let nothing = rabbit.take(&queue, 1, Duration::from_secs(2)).await;
+    assert!(nothing.is_empty(), "the new group started at the end");
+
+    daemon.write_bridges(&kafka_bridge(&bridge, &[&topic], latest));
+    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&waiting),
+        "missing {:?}; log: {}",
+        waiting.difference(&ids).collect::<Vec<_>>(),
+        plain_log(&daemon)
+    );
+    assert!(ids.is_disjoint(&bridged));
+    wait_committed(&topic, &default_group).await;
+}
+
+/// Changing `start` on a group with committed offsets repositions nothing: after a
+/// reload to "latest" the 10 records waiting are published, and after a restart back to
+/// "earliest" the next 10 are, without reading the 15 committed ones again.
+#[tokio::test]
+async fn changing_start_keeps_the_committed_offsets_on_reload_and_restart() {
+    let topic = unique("kt");
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let table = |start: &str| {
+        kafka_bridge(
+            &bridge,
+            &[&topic],
+            &format!("group_id = \"{group}\"\nstart = \"{start}\""),
+        )
+    };
+    let mut daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table("earliest")).await;
+    daemon.wait_ready().await;
+    let run = unique("r");
+    let mut bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
+        .await
+        .into_iter()
+        .collect();
+    take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    wait_committed(&topic, &group).await;
+
+    cut_exchange(&proxy, &daemon).await;
+    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..15)
+        .await
+        .into_iter()
+        .collect();
+    daemon.write_bridges(&table("latest"));
+    let said = format!(
+        "key `start` changed from \"earliest\" to \"latest\": group `{group}` goes on from its committed offsets; start applies only where it has none (no partition)"
+    );
+    wait_log(&daemon, &said, 1).await;
+    proxy.restore();
+    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(ids.is_superset(&waiting), "log: {}", plain_log(&daemon));
+    assert!(ids.is_disjoint(&bridged));
+    wait_committed(&topic, &group).await;
+    bridged.extend(waiting);
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 15..25)
+        .await
+        .into_iter()
+        .collect();
+    daemon.write_bridges(&table("earliest"));
+    daemon.restart().await;
+    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
+    let ids = event_ids(&received);
+    assert!(ids.is_superset(&waiting), "log: {}", plain_log(&daemon));
+    assert!(
+        ids.is_disjoint(&bridged),
+        "earliest read committed records again"
+    );
+    wait_committed(&topic, &group).await;
+}
+
+/// `start = "latest"` is decided once per partition: the start of a new group is
+/// committed before any record arrives, so records produced while the daemon is stopped
+/// (before it ever bridged one) are published after the restart, and the 3 records the
+/// topic held before the group started are not.
+#[tokio::test]
+async fn start_latest_holds_across_a_restart_before_the_first_record() {
+    let topic = unique("kt");
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let rabbit = Rabbit::connect().await;
+    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let run = unique("r");
+    let held: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..3)
+        .await
+        .into_iter()
+        .collect();
+    let extra = format!("group_id = \"{group}\"\nstart = \"latest\"");
+    let mut daemon = Daemon::start(
+        AMQP_URL,
+        &exchange,
+        &kafka_bridge(&bridge, &[&topic], &extra),
+    )
+    .await;
+    daemon.wait_ready().await;
+    wait_log(&daemon, "partitions assigned", 1).await;
+    // The start is committed soon after the assignment (not asserted here: without it,
+    // the loss shows below).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while committed(&topic, &group).await != vec![Some(3)] && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 3..8)
+        .await
+        .into_iter()
+        .collect();
+    daemon.restart().await;
+    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(30)).await;
+    let ids = event_ids(&received);
+    assert!(
+        ids.is_superset(&waiting),
+        "records produced while the daemon was stopped were skipped: {:?}; committed {:?}; log: {}",
+        waiting.difference(&ids).collect::<Vec<_>>(),
+        committed(&topic, &group).await,
+        plain_log(&daemon)
+    );
+    assert!(
+        ids.is_disjoint(&held),
+        "latest: what the topic held is not read"
+    );
+    wait_committed(&topic, &group).await;
+}
+
+/// What a reload asks before it restarts a changed bridge (`verify_position`), in the
+/// process whose source read with the old group: a new group that would start at the
+/// end where the old one has 4 unread records is refused, naming the key, both groups
+/// and the offset, and nothing is committed for it; the same group, or the new one with
+/// `start = "earliest"`, passes.
+#[tokio::test]
+async fn verify_position_refuses_a_new_group_that_would_skip_records() {
+    use broker_bridge::sources::{ConnectContext, SourceError, kafka};
+    let topic = unique("kt");
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let run = unique("r");
+    produce_numbered(&producer, &topic, &run, 0..3).await;
+    let (bridge, old_group, new_group) = (unique("b"), unique("g-old"), unique("g-new"));
+    let spec = |group: &str, start: &str| {
+        let table = serde_json::json!({
+            "brokers": BROKERS, "topics": [&topic], "group_id": group, "start": start,
+        });
+        kafka::KafkaSpec::parse(table.as_object().unwrap().clone()).unwrap()
+    };
+    let context = ConnectContext {
+        bridge: bridge.clone(),
+        max_in_flight: 10,
+        ..Default::default()
+    };
+    let source = kafka::connect(&spec(&old_group, "latest"), &context)
+        .await
+        .unwrap_or_else(|e| panic!("connects: {e}"));
+    // The old group's start is committed at the end (3); 4 records come after it.
+    eventually_async(Duration::from_secs(30), "the start committed", || async {
+        committed(&topic, &old_group).await == vec![Some(3)]
+    })
+    .await;
+    produce_numbered(&producer, &topic, &run, 3..7).await;
+
+    let refused = kafka::verify_position(&spec(&new_group, "latest"), &bridge).await;
+    let Err(SourceError::Refused(reason)) = refused else {
+        panic!("refused: {refused:?}")
+    };
+    let said = format!(
+        "key `group_id`: changing it from `{old_group}` to `{new_group}` would skip 4 record(s): `{new_group}` has no committed offset on {topic}[0] and would start at their end (start = \"latest\"), where `{old_group}` has not read them yet ({topic}[0] at 3 (4 unread))"
+    );
+    assert!(reason.contains(&said), "{reason}");
+    assert!(
+        kafka::verify_position(&spec(&old_group, "latest"), &bridge)
+            .await
+            .is_ok()
+    );
+    assert!(
+        kafka::verify_position(&spec(&new_group, "earliest"), &bridge)
+            .await
+            .is_ok()
+    );
+    assert!(
+        kafka::verify_position(&spec(&new_group, "latest"), &unique("other"))
+            .await
+            .is_ok(),
+        "nothing known about a bridge this process did not connect"
+    );
+    // The accounting: the 4 still wait for the old group; nothing moved, nothing new.
+    assert_eq!(pending(&topic, &old_group).await, Some(4));
+    assert_eq!(committed(&topic, &new_group).await, vec![None]);
+    drop(source);
 }

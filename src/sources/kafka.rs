@@ -26,6 +26,11 @@
 //!   owner reads it. The rebalance then completes at once; in-flight records of revoked
 //!   partitions are abandoned rather than awaited, so a rebalance never waits for the
 //!   exchange.
+//! - **Where a group starts.** A committed offset always wins. Where the group has none,
+//!   librdkafka starts at `start`; with `latest` the end seen when connecting is stored
+//!   as soon as the partition is assigned ([`pin_starts`]), so that a restart before the
+//!   first record starts there again rather than at a later end. That is the one offset
+//!   stored for no confirmed record, and it is never past where reading starts.
 //! - **No loss.** A record is only ever skipped or abandoned when nothing at or after
 //!   its offset can be stored by this consumer any more, so the group's committed offset
 //!   stays at or before it and the partition's next owner reads it. A handle dropped
@@ -55,7 +60,9 @@
 //! record.
 //!
 //! Connecting checks that the brokers answer and that every topic named literally
-//! exists (broker-bridge never creates topics), then subscribes. Fatal client errors,
+//! exists (broker-bridge never creates topics), reports where the group starts and what
+//! an edit of `group_id`, `topics` or `start` left behind (refusing a new group that
+//! would skip records: see "Edits" below), then subscribes. Fatal client errors,
 //! all brokers down, authentication and authorization failures and a deleted topic make
 //! `next` fail, so the bridge reports the error and reconnects with backoff; librdkafka
 //! rides out other trouble (a broker restart, a leader change) by itself.
@@ -592,6 +599,8 @@ struct PartitionState {
     first: Option<i64>,
     /// The end of the partition (last stable offset or high watermark), from statistics.
     end: Option<i64>,
+    /// Whether an offset was stored for the partition in this generation.
+    stored: bool,
 }
 
 /// The bookkeeping of the assigned partitions, behind one lock shared by the source,
@@ -602,6 +611,10 @@ struct Partitions {
     next_generation: u64,
     /// Readers of revoked partitions, stopped but perhaps not yet finished.
     retired: Vec<JoinHandle<()>>,
+    /// With `start = "latest"`: partitions the group had no committed offset on when
+    /// the source connected, and their end then, to store as the group's start once
+    /// they are assigned (see `pin_starts`).
+    pins: HashMap<(String, i32), i64>,
 }
 
 impl Partitions {
@@ -620,6 +633,7 @@ impl Partitions {
             position: None,
             first: None,
             end: None,
+            stored: false,
         };
         let old = self
             .by_topic
@@ -696,7 +710,38 @@ impl Partitions {
         if state.generation != generation {
             return None;
         }
-        state.order.confirm(ticket).last().map(|offset| offset + 1)
+        let next = state.order.confirm(ticket).last().map(|offset| offset + 1);
+        state.stored |= next.is_some();
+        next
+    }
+
+    /// The pins waiting for partitions of `list`: `(topic, partition, generation, offset)`.
+    fn pins_of(&self, list: &TopicPartitionList) -> Vec<(String, i32, u64, i64)> {
+        list.elements()
+            .iter()
+            .filter_map(|element| {
+                let (topic, partition) = (element.topic(), element.partition());
+                let offset = *self.pins.get(&(topic.to_owned(), partition))?;
+                let generation = self.by_topic.get(topic)?.get(&partition)?.generation;
+                Some((topic.to_owned(), partition, generation, offset))
+            })
+            .collect()
+    }
+
+    /// Whether a pin may still be stored: the assignment is current and nothing was
+    /// stored in it (a stored offset is past the pin already).
+    fn may_pin(&self, topic: &str, partition: i32, generation: u64) -> bool {
+        self.by_topic
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .is_some_and(|state| state.generation == generation && !state.stored)
+    }
+
+    fn pinned(&mut self, topic: &str, partition: i32) {
+        self.pins.remove(&(topic.to_owned(), partition));
+        if let Some(state) = self.get_mut(topic, partition) {
+            state.stored = true;
+        }
     }
 
     fn is_current(&self, topic: &str, partition: i32, generation: u64) -> bool {
@@ -922,6 +967,69 @@ impl Shared {
     }
 }
 
+/// With `start = "latest"`, librdkafka reads a partition the group has no committed
+/// offset on from its end, and commits nothing there until a record is confirmed: a
+/// restart or reconnect before that would start at the end again, and skip what came
+/// in between. So once such a partition is assigned (off the callback, which must not
+/// block), its end as seen before subscribing is stored, to be committed like any
+/// offset: at most where reading started, so it skips nothing the group would read.
+/// Not where the group has an offset by then (another member committed first), nor
+/// where a confirmed record stored one already.
+fn pin_starts(shared: &Arc<Shared>, list: &TopicPartitionList) {
+    let pins = shared.lock().pins_of(list);
+    if pins.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    let span = tracing::Span::current();
+    shared.runtime.clone().spawn_blocking(move || {
+        let _entered = span.enter();
+        let Some(consumer) = shared.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, _, _) in &pins {
+            list.add_partition(topic, *partition);
+        }
+        let committed = match consumer.committed_offsets(list, METADATA_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(bridge = %shared.bridge, %error, "cannot read the group's committed offsets to record where it starts (start = \"latest\"); until a record is bridged there, a restart starts at the end again");
+                return;
+            }
+        };
+        let mut partitions = shared.lock();
+        for (topic, partition, generation, offset) in pins {
+            let has_offset = committed
+                .find_partition(&topic, partition)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= 0));
+            if has_offset {
+                partitions.pins.remove(&(topic, partition));
+                continue;
+            }
+            if !partitions.may_pin(&topic, partition, generation) {
+                continue;
+            }
+            let mut store = TopicPartitionList::with_capacity(1);
+            let stored = store
+                .add_partition_offset(&topic, partition, Offset::Offset(offset))
+                .and_then(|()| consumer.store_offsets(&store));
+            match stored {
+                Ok(()) => {
+                    partitions.pinned(&topic, partition);
+                    tracing::info!(bridge = %shared.bridge, "{topic}[{partition}]: the group starts at offset {offset} (start = \"latest\"); stored, so a restart starts there too");
+                }
+                Err(error) => {
+                    tracing::warn!(bridge = %shared.bridge, %error, "{topic}[{partition}]: cannot store where the group starts (start = \"latest\"); until a record is bridged there, a restart starts at the end again");
+                }
+            }
+        }
+        drop(partitions);
+        // On a blocking thread: should this be the last reference, closing blocks.
+        drop(consumer);
+    });
+}
+
 fn describe_list(list: &TopicPartitionList) -> String {
     let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for element in list.elements() {
@@ -1008,6 +1116,12 @@ impl ConsumerContext for KafkaContext {
             Rebalance::Error(error) => {
                 tracing::warn!(bridge = %self.shared.bridge, %error, "rebalance error")
             }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            pin_starts(&self.shared, list);
         }
     }
 
@@ -1111,7 +1225,12 @@ impl Reader {
 /// Polls the consumer's main queue (rebalances, statistics, errors) until the source
 /// and every handle are gone, then closes the consumer off the runtime: closing leaves
 /// the group, and commits the stored offsets.
-async fn drive(consumer: Arc<KafkaConsumer>, shared: Arc<Shared>, closed: CancellationToken) {
+async fn drive(
+    consumer: Arc<KafkaConsumer>,
+    shared: Arc<Shared>,
+    closed: CancellationToken,
+    consumer_closed: watch::Sender<bool>,
+) {
     loop {
         tokio::select! {
             _ = closed.cancelled() => break,
@@ -1142,6 +1261,7 @@ async fn drive(consumer: Arc<KafkaConsumer>, shared: Arc<Shared>, closed: Cancel
     }
     // The last reference: dropping it closes the consumer, which blocks.
     let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    consumer_closed.send_replace(true);
     tracing::debug!("Kafka consumer closed");
 }
 
@@ -1219,23 +1339,30 @@ pub async fn connect(
         let brokers = brokers.clone();
         tokio::task::spawn_blocking(move || check_topics(&consumer, &topics, &brokers))
     };
-    let checked = check
-        .await
-        .unwrap_or_else(|e| {
-            Err(SetupError::Topic {
-                topic: String::new(),
-                error: e.to_string(),
-            })
+    let checked = check.await.unwrap_or_else(|e| {
+        Err(SetupError::Topic {
+            topic: String::new(),
+            error: e.to_string(),
         })
-        .and_then(|()| {
-            let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
-            consumer.subscribe(&topics).map_err(SetupError::Subscribe)
-        });
-    if let Err(error) = checked {
+    });
+    let subscribed = match checked {
+        Err(error) => Err(error.into()),
+        Ok(()) => match report_start(spec, &context.bridge).await {
+            Err(refusal) => Err(refusal),
+            Ok(pins) => {
+                shared.lock().pins = pins;
+                let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&topics)
+                    .map_err(|e| SetupError::Subscribe(e).into())
+            }
+        },
+    };
+    if let Err(error) = subscribed {
         shared.detached.store(true, Relaxed);
         // Closing blocks: not on the runtime.
         tokio::task::spawn_blocking(move || drop(consumer));
-        return Err(error.into());
+        return Err(error);
     }
     tracing::info!(
         group = %spec.group_id(&context.bridge),
@@ -1243,9 +1370,19 @@ pub async fn connect(
         %brokers,
         "subscribed"
     );
+    let (closed_tx, closed_rx) = watch::channel(false);
+    LAST_READ.lock().expect("last read lock").insert(
+        context.bridge.clone(),
+        LastRead {
+            group: spec.group_id(&context.bridge),
+            topics: spec.topics.clone(),
+            start: spec.start,
+            closed: closed_rx,
+        },
+    );
 
     let closed = CancellationToken::new();
-    tokio::spawn(drive(consumer, shared.clone(), closed.clone()).in_current_span());
+    tokio::spawn(drive(consumer, shared.clone(), closed.clone(), closed_tx).in_current_span());
     Ok(Box::new(KafkaSource {
         shared,
         records: records_rx,
@@ -1301,6 +1438,474 @@ fn check_topics(
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Edits of `group_id`, `topics` and `start`: where the group starts, and what an edit
+// leaves behind.
+//
+// Kafka keeps a group's position per partition (its committed offset) until the group
+// commits again; broker-bridge never writes one except for the confirmed prefix. So an
+// edit moves no position; what it can do is read from another one:
+//
+// - a topic added is read from the group's committed offsets there, or from `start`
+//   where it has none;
+// - a topic removed keeps the group's committed offsets, so listing it again resumes
+//   from them; its unread records wait there;
+// - `start` matters only where the group has no committed offset;
+// - a new `group_id` has offsets of its own (usually none), so it starts at `start`,
+//   and the old group keeps its offsets and its unread records.
+//
+// Connecting reports where the group starts on every partition without a committed
+// offset. To report what an edit leaves behind, the source remembers, per bridge, what
+// its last connection in this process read (`LAST_READ`). A restart begins with nothing
+// there (broker-bridge keeps no Kafka state): it cannot name a group used before, except
+// the default group, which it checks when the bridge names another one.
+
+/// What the last connection of each bridge in this process read.
+static LAST_READ: Mutex<BTreeMap<String, LastRead>> = Mutex::new(BTreeMap::new());
+
+/// How long a connection waits for the consumer of the bridge's previous connection to
+/// close (and commit) before it reports what that one left behind.
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+struct LastRead {
+    group: String,
+    topics: Vec<String>,
+    start: Start,
+    /// Becomes true once that connection's consumer has closed: its last stored offsets
+    /// are committed.
+    closed: watch::Receiver<bool>,
+}
+
+fn last_read(bridge: &str) -> Option<LastRead> {
+    LAST_READ
+        .lock()
+        .expect("last read lock")
+        .get(bridge)
+        .cloned()
+}
+
+/// Where a group stands on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Standing {
+    topic: String,
+    partition: i32,
+    /// The group's committed offset (the next record it reads); `None` where it has none.
+    committed: Option<i64>,
+    /// The oldest offset still in the log.
+    low: i64,
+    /// The high watermark: the offset the next record will get.
+    end: i64,
+}
+
+impl Standing {
+    fn name(&self) -> String {
+        format!("{}[{}]", self.topic, self.partition)
+    }
+
+    /// Records after the committed offset (0 where the group has none).
+    fn unread(&self) -> u64 {
+        self.committed.map_or(0, |committed| {
+            u64::try_from(self.end - committed.max(self.low)).unwrap_or(0)
+        })
+    }
+
+    /// Records in the partition now.
+    fn held(&self) -> u64 {
+        u64::try_from(self.end - self.low).unwrap_or(0)
+    }
+
+    /// `t[0] at 5 (3 unread)`.
+    fn position(&self) -> String {
+        match self.committed {
+            Some(committed) => format!("{} at {committed} ({} unread)", self.name(), self.unread()),
+            None => format!("{} none", self.name()),
+        }
+    }
+}
+
+fn names(standings: &[&Standing]) -> String {
+    standings
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn positions(standings: &[&Standing]) -> String {
+    standings
+        .iter()
+        .map(|s| s.position())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads where `group` stands on the partitions of the literal `topics` (missing topics
+/// are left out): committed offsets (OffsetFetch) and watermarks, with a client of its
+/// own that never joins the group, subscribes, assigns or commits. Blocking.
+fn standings(
+    spec: &KafkaSpec,
+    bridge: &str,
+    group: &str,
+    topics: &[String],
+) -> Result<Vec<Standing>, String> {
+    let topics: Vec<&String> = topics.iter().filter(|t| !t.starts_with('^')).collect();
+    if topics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut config = spec.client_config(bridge);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .remove("statistics.interval.ms");
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| format!("no metadata for `{topic}`: {e}"))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.as_str() && t.error().is_none());
+        for partition in found.map(|t| t.partitions()).unwrap_or_default() {
+            list.add_partition(topic, partition.id());
+        }
+    }
+    if list.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = consumer
+        .committed_offsets(list, METADATA_TIMEOUT)
+        .map_err(|e| format!("cannot read the committed offsets of group `{group}`: {e}"))?;
+    let mut out = Vec::new();
+    for element in committed.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let (low, end) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| format!("cannot read the offsets of {topic}[{partition}]: {e}"))?;
+        let committed = match element.offset() {
+            Offset::Offset(offset) if offset >= 0 => Some(offset),
+            _ => None,
+        };
+        out.push(Standing {
+            topic: topic.to_owned(),
+            partition,
+            committed,
+            low,
+            end,
+        });
+    }
+    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(out)
+}
+
+/// Where the groups stand when a bridge connects, and what it read before.
+#[derive(Debug, Default)]
+struct Survey {
+    group: String,
+    start: Start,
+    topics: Vec<String>,
+    /// The group on the literal topics it reads now.
+    now: Vec<Standing>,
+    /// What the bridge's last connection in this process read, if it read something
+    /// else, with where that group stands on those literal topics.
+    before: Option<(LastRead, Vec<Standing>)>,
+    /// The default group `broker-bridge-<bridge>` on the literal topics, when the bridge
+    /// names another group and nothing tells what it read before (a restart).
+    default_group: Option<(String, Vec<Standing>)>,
+}
+
+/// What connecting reports, or refuses.
+#[derive(Debug, Default, PartialEq)]
+struct Assessment {
+    /// Connecting would skip records the bridge has not read (a new group starting at
+    /// the end of partitions where the old group has unread records).
+    refusal: Option<String>,
+    warnings: Vec<String>,
+    notes: Vec<String>,
+}
+
+/// Asks the brokers where the groups stand for `assess`. Blocking.
+fn survey(spec: &KafkaSpec, bridge: &str, before: Option<LastRead>) -> Result<Survey, String> {
+    let group = spec.group_id(bridge);
+    let now = standings(spec, bridge, &group, &spec.topics)?;
+    let before = match before {
+        Some(last) if last.group != group => {
+            let old = standings(spec, bridge, &last.group, &last.topics)?;
+            Some((last, old))
+        }
+        Some(last) if last.topics != spec.topics || last.start != spec.start => {
+            let removed: Vec<String> = last
+                .topics
+                .iter()
+                .filter(|t| !spec.topics.contains(t))
+                .cloned()
+                .collect();
+            let old = standings(spec, bridge, &group, &removed)?;
+            Some((last, old))
+        }
+        _ => None,
+    };
+    let default = format!("broker-bridge-{bridge}");
+    let default_group = if before.is_none()
+        && group != default
+        && spec.start == Start::Latest
+        && now.iter().any(|s| s.committed.is_none() && s.held() > 0)
+    {
+        let standings = standings(spec, bridge, &default, &spec.topics)?;
+        Some((default, standings))
+    } else {
+        None
+    };
+    Ok(Survey {
+        group,
+        start: spec.start,
+        topics: spec.topics.clone(),
+        now,
+        before,
+        default_group,
+    })
+}
+
+/// What a connection reports about where its group starts and what an edit of
+/// `group_id`, `topics` or `start` left behind; a refusal where it would skip records.
+fn assess(survey: &Survey) -> Assessment {
+    let mut out = Assessment::default();
+    let group = &survey.group;
+    let start = survey.start.label();
+    let fresh: Vec<&Standing> = survey
+        .now
+        .iter()
+        .filter(|s| s.committed.is_none())
+        .collect();
+    let mut group_changed = false;
+    if let Some((last, old)) = &survey.before {
+        let old_group = &last.group;
+        if old_group != group {
+            group_changed = true;
+            // Where the new group has no offset and starts at the end, the old group's
+            // unread records there would never be read by this bridge.
+            let skipped: Vec<&Standing> = old
+                .iter()
+                .filter(|o| o.unread() > 0 && survey.start == Start::Latest)
+                .filter(|o| {
+                    fresh
+                        .iter()
+                        .any(|n| n.topic == o.topic && n.partition == o.partition)
+                })
+                .collect();
+            if !skipped.is_empty() {
+                let count: u64 = skipped.iter().map(|s| s.unread()).sum();
+                out.refusal = Some(format!(
+                    "key `group_id`: changing it from `{old_group}` to `{group}` would skip {count} record(s): `{group}` has no committed offset on {} and would start at their end (start = \"latest\"), where `{old_group}` has not read them yet ({}). Nothing was changed and the records stay with `{old_group}`. To change the group, first give `{group}` committed offsets (e.g. kafka-consumer-groups --reset-offsets --group {group} --to-offset, with the offsets above), or let `{old_group}` catch up, or switch with start = \"earliest\" (the new group reads the topics from their oldest record, with the same event ids)",
+                    names(&skipped),
+                    positions(&skipped)
+                ));
+                return out;
+            }
+            let kept: Vec<&Standing> = old.iter().filter(|o| o.committed.is_some()).collect();
+            let unread_elsewhere: u64 = old
+                .iter()
+                .filter(|o| !survey.topics.contains(&o.topic))
+                .map(Standing::unread)
+                .sum();
+            let mut text = if kept.is_empty() {
+                format!(
+                    "key `group_id` changed from `{old_group}` to `{group}`: `{old_group}` has no committed offsets on literal topics; `{group}` reads from its own, "
+                )
+            } else {
+                format!(
+                    "key `group_id` changed from `{old_group}` to `{group}`: `{old_group}` keeps its committed offsets ({}); `{group}` reads from its own, ",
+                    positions(&kept)
+                )
+            };
+            if fresh.is_empty() {
+                text.push_str("which it has on every partition");
+            } else {
+                text.push_str(&format!(
+                    "and has none on {}: it starts there at the {start} offset (start = \"{start}\")",
+                    names(&fresh)
+                ));
+                if survey.start == Start::Earliest {
+                    text.push_str(&format!(
+                        ", so records `{old_group}` bridged already are bridged again, with the same ids"
+                    ));
+                }
+            }
+            if unread_elsewhere > 0 {
+                text.push_str(&format!(
+                    "; {unread_elsewhere} record(s) unread by `{old_group}` on topics no longer read stay with it"
+                ));
+            }
+            out.warnings.push(text);
+        } else {
+            let removed: Vec<&String> = last
+                .topics
+                .iter()
+                .filter(|t| !survey.topics.contains(t))
+                .collect();
+            for topic in removed {
+                let partitions: Vec<&Standing> = old.iter().filter(|s| &s.topic == topic).collect();
+                if topic.starts_with('^') {
+                    out.notes.push(format!(
+                        "key `topics`: `{topic}` is no longer read; group `{group}` keeps its committed offsets on the topics it matched, and listing it again resumes from them"
+                    ));
+                    continue;
+                }
+                let unread: u64 = partitions.iter().map(|s| s.unread()).sum();
+                let text = format!(
+                    "key `topics`: `{topic}` is no longer read; group `{group}` keeps its committed offsets there ({}), and listing it again resumes from them; until then {unread} record(s) there are not bridged",
+                    if partitions.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        positions(&partitions)
+                    }
+                );
+                if unread > 0 {
+                    out.warnings.push(text);
+                } else {
+                    out.notes.push(text);
+                }
+            }
+            if last.start != survey.start {
+                out.notes.push(format!(
+                    "key `start` changed from \"{}\" to \"{start}\": group `{group}` goes on from its committed offsets; start applies only where it has none ({})",
+                    last.start.label(),
+                    if fresh.is_empty() {
+                        "no partition".to_owned()
+                    } else {
+                        names(&fresh)
+                    }
+                ));
+            }
+        }
+    }
+    // Partitions the group has never committed on (a new group, a topic added); after
+    // a change of group, those the old group did not read (the rest is told above).
+    let fresh: Vec<&Standing> = match &survey.before {
+        Some((_, old)) if group_changed => fresh
+            .into_iter()
+            .filter(|n| {
+                !old.iter()
+                    .any(|o| o.topic == n.topic && o.partition == n.partition)
+            })
+            .collect(),
+        _ => fresh,
+    };
+    if !fresh.is_empty() {
+        let held: u64 = fresh.iter().map(|s| s.held()).sum();
+        match survey.start {
+            Start::Latest if held > 0 => {
+                let mut text = format!(
+                    "group `{group}` has no committed offset on {}: it starts at their end (start = \"latest\"), so the {held} record(s) they hold now are not bridged",
+                    names(&fresh)
+                );
+                if let Some((default, standings)) = &survey.default_group {
+                    let unread: Vec<&Standing> =
+                        standings.iter().filter(|s| s.unread() > 0).collect();
+                    if !unread.is_empty() {
+                        let count: u64 = unread.iter().map(|s| s.unread()).sum();
+                        text.push_str(&format!(
+                            "; the default group `{default}` has {count} unread record(s) on these topics ({}): if this bridge used it before `group_id` was set, they stay with it (set `group_id = \"{default}\"` to bridge them)",
+                            positions(&unread)
+                        ));
+                    }
+                }
+                out.warnings.push(text);
+            }
+            Start::Latest => out.notes.push(format!(
+                "group `{group}` has no committed offset on {}: it starts at their end (start = \"latest\"); they hold no records now",
+                names(&fresh)
+            )),
+            Start::Earliest => out.notes.push(format!(
+                "group `{group}` has no committed offset on {}: it starts at their oldest record (start = \"earliest\"): {held} record(s)",
+                names(&fresh)
+            )),
+        }
+    }
+    out
+}
+
+/// Asks the brokers, before a reload restarts the bridge (or for `check --online`),
+/// whether connecting with `spec` would skip records: only a change of `group_id` can,
+/// and only what this process read before is known.
+pub async fn verify_position(spec: &KafkaSpec, bridge: &str) -> Result<(), SourceError> {
+    let Some(last) = last_read(bridge) else {
+        return Ok(());
+    };
+    if last.group == spec.group_id(bridge) {
+        return Ok(());
+    }
+    let spec = spec.clone();
+    let bridge = bridge.to_owned();
+    let assessed = tokio::task::spawn_blocking(move || {
+        survey(&spec, &bridge, Some(last)).map(|survey| assess(&survey))
+    })
+    .await
+    .map_err(|e| SourceError::Connect(e.to_string()))?
+    .map_err(SourceError::Connect)?;
+    match assessed.refusal {
+        Some(refusal) => Err(SourceError::Refused(refusal)),
+        None => Ok(()),
+    }
+}
+
+/// Reports where the group starts and what an edit left behind, before subscribing;
+/// refuses a change of `group_id` that would skip records. A survey that fails is
+/// reported and changes nothing (the group reads from its committed offsets as always).
+async fn report_start(
+    spec: &KafkaSpec,
+    bridge: &str,
+) -> Result<HashMap<(String, i32), i64>, SourceError> {
+    let last = last_read(bridge);
+    let group = spec.group_id(bridge);
+    if let Some(last) = &last
+        && (last.group != group || last.topics != spec.topics)
+    {
+        // The previous consumer commits as it closes: wait for it, so that what it
+        // left behind is told right.
+        let mut closed = last.closed.clone();
+        let _ = tokio::time::timeout(CLOSE_WAIT, closed.wait_for(|closed| *closed)).await;
+    }
+    let surveyed = {
+        let spec = spec.clone();
+        let bridge = bridge.to_owned();
+        tokio::task::spawn_blocking(move || survey(&spec, &bridge, last))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    };
+    let survey = match surveyed {
+        Ok(survey) => survey,
+        Err(error) => {
+            tracing::warn!(%group, %error, "cannot tell where the consumer group starts on its topics; it reads from its committed offsets, and from `start` where it has none");
+            return Ok(HashMap::new());
+        }
+    };
+    let assessment = assess(&survey);
+    if let Some(refusal) = assessment.refusal {
+        return Err(SourceError::Refused(refusal));
+    }
+    for warning in &assessment.warnings {
+        tracing::warn!(%group, "{warning}");
+    }
+    for note in &assessment.notes {
+        tracing::info!(%group, "{note}");
+    }
+    let pins = match spec.start {
+        Start::Latest => survey
+            .now
+            .iter()
+            .filter(|s| s.committed.is_none())
+            .map(|s| ((s.topic.clone(), s.partition), s.end))
+            .collect(),
+        Start::Earliest => HashMap::new(),
+    };
+    Ok(pins)
 }
 
 #[async_trait]
@@ -1789,6 +2394,210 @@ mod tests {
         assert_eq!(partitions.confirm("t", 0, new, ticket), None);
         assert_eq!(partitions.confirm("t", 0, newer, ticket), Some(2));
         assert!(!partitions.revoke("t", 9));
+    }
+
+    fn standing(topic: &str, partition: i32, committed: Option<i64>, end: i64) -> Standing {
+        Standing {
+            topic: topic.into(),
+            partition,
+            committed,
+            low: 0,
+            end,
+        }
+    }
+
+    fn last(group: &str, topics: &[&str], start: Start) -> LastRead {
+        LastRead {
+            group: group.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            start,
+            closed: watch::channel(true).1,
+        }
+    }
+
+    fn survey(start: Start, topics: &[&str], now: Vec<Standing>) -> Survey {
+        Survey {
+            group: "g2".into(),
+            start,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            now,
+            before: None,
+            default_group: None,
+        }
+    }
+
+    #[test]
+    fn a_new_group_starting_at_the_end_of_the_old_groups_unread_records_is_refused() {
+        let mut edit = survey(
+            Start::Latest,
+            &["t"],
+            vec![standing("t", 0, None, 30), standing("t", 1, None, 4)],
+        );
+        edit.before = Some((
+            last("g1", &["t"], Start::Latest),
+            vec![standing("t", 0, Some(10), 30), standing("t", 1, Some(4), 4)],
+        ));
+        let refusal = assess(&edit).refusal.expect("refused");
+        for needle in [
+            "key `group_id`: changing it from `g1` to `g2` would skip 20 record(s)",
+            "`g2` has no committed offset on t[0]",
+            "t[0] at 10 (20 unread)",
+            "Nothing was changed",
+            "start = \"earliest\"",
+        ] {
+            assert!(refusal.contains(needle), "{needle} in {refusal}");
+        }
+        assert!(
+            !refusal.contains("t[1]"),
+            "nothing unread on t[1]: {refusal}"
+        );
+
+        // The new group already has offsets there: it goes on from them; the old
+        // group's place is reported, not refused.
+        edit.now = vec![standing("t", 0, Some(25), 30), standing("t", 1, Some(4), 4)];
+        let assessed = assess(&edit);
+        assert_eq!(assessed.refusal, None);
+        let warning = &assessed.warnings[0];
+        assert!(
+            warning.contains("key `group_id` changed from `g1` to `g2`")
+                && warning.contains("t[0] at 10 (20 unread)")
+                && warning.contains("which it has on every partition"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn a_new_group_starting_at_the_earliest_offset_is_reported_not_refused() {
+        let mut edit = survey(Start::Earliest, &["t"], vec![standing("t", 0, None, 30)]);
+        edit.before = Some((
+            last("g1", &["t", "gone"], Start::Earliest),
+            vec![
+                standing("gone", 0, Some(1), 8),
+                standing("t", 0, Some(10), 30),
+            ],
+        ));
+        let assessed = assess(&edit);
+        assert_eq!(assessed.refusal, None);
+        assert_eq!(assessed.warnings.len(), 1, "{assessed:?}");
+        let warning = &assessed.warnings[0];
+        for needle in [
+            "key `group_id` changed from `g1` to `g2`",
+            "`g1` keeps its committed offsets (gone[0] at 1 (7 unread), t[0] at 10 (20 unread))",
+            "has none on t[0]: it starts there at the earliest offset",
+            "bridged again, with the same ids",
+            "7 record(s) unread by `g1` on topics no longer read stay with it",
+        ] {
+            assert!(warning.contains(needle), "{needle} in {warning}");
+        }
+    }
+
+    #[test]
+    fn a_removed_topic_keeps_its_offsets_and_is_reported_with_what_it_holds() {
+        let mut edit = survey(Start::Earliest, &["a"], vec![standing("a", 0, Some(5), 5)]);
+        edit.group = "g".into();
+        edit.before = Some((
+            last("g", &["a", "b", "^c.*"], Start::Earliest),
+            vec![standing("b", 0, Some(3), 10), standing("b", 1, Some(2), 2)],
+        ));
+        let assessed = assess(&edit);
+        assert_eq!(assessed.refusal, None);
+        assert_eq!(
+            assessed.warnings,
+            vec![
+                "key `topics`: `b` is no longer read; group `g` keeps its committed offsets there (b[0] at 3 (7 unread), b[1] at 2 (0 unread)), and listing it again resumes from them; until then 7 record(s) there are not bridged"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(assessed.notes.len(), 1);
+        assert!(assessed.notes[0].contains("`^c.*` is no longer read"));
+    }
+
+    #[test]
+    fn start_applies_only_where_the_group_has_no_offset() {
+        let mut edit = survey(
+            Start::Latest,
+            &["a", "b"],
+            vec![standing("a", 0, Some(5), 9), standing("b", 0, None, 4)],
+        );
+        edit.group = "g".into();
+        edit.before = Some((last("g", &["a"], Start::Earliest), Vec::new()));
+        let assessed = assess(&edit);
+        assert_eq!(assessed.refusal, None);
+        assert_eq!(
+            assessed.notes,
+            vec![
+                "key `start` changed from \"earliest\" to \"latest\": group `g` goes on from its committed offsets; start applies only where it has none (b[0])"
+                    .to_owned()
+            ]
+        );
+        // b was added: the group starts at its end, and says what it does not bridge.
+        assert_eq!(
+            assessed.warnings,
+            vec![
+                "group `g` has no committed offset on b[0]: it starts at their end (start = \"latest\"), so the 4 record(s) they hold now are not bridged"
+                    .to_owned()
+            ]
+        );
+        // From the earliest offset: a note with the number of records.
+        let fresh = survey(Start::Earliest, &["b"], vec![standing("b", 0, None, 4)]);
+        assert_eq!(
+            assess(&fresh).notes,
+            vec![
+                "group `g2` has no committed offset on b[0]: it starts at their oldest record (start = \"earliest\"): 4 record(s)"
+                    .to_owned()
+            ]
+        );
+        // Nothing new, nothing edited: nothing to say.
+        let steady = survey(Start::Latest, &["a"], vec![standing("a", 0, Some(5), 9)]);
+        assert_eq!(assess(&steady), Assessment::default());
+    }
+
+    #[test]
+    fn after_a_restart_the_default_groups_unread_records_are_named() {
+        let mut edit = survey(Start::Latest, &["t"], vec![standing("t", 0, None, 12)]);
+        edit.default_group = Some((
+            "broker-bridge-b".into(),
+            vec![standing("t", 0, Some(9), 12)],
+        ));
+        let warning = &assess(&edit).warnings[0];
+        assert!(
+            warning.contains("the 12 record(s) they hold now are not bridged")
+                && warning.contains(
+                    "the default group `broker-bridge-b` has 3 unread record(s) on these topics (t[0] at 9 (3 unread))"
+                )
+                && warning.contains("set `group_id = \"broker-bridge-b\"`"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn a_start_is_pinned_only_before_anything_is_stored_in_the_assignment() {
+        let mut partitions = Partitions::default();
+        partitions.pins.insert(("t".into(), 0), 7);
+        let generation = partitions.assign("t", 0);
+        partitions.assign("t", 1);
+        let mut list = TopicPartitionList::new();
+        list.add_partition("t", 0);
+        list.add_partition("t", 1);
+        assert_eq!(
+            partitions.pins_of(&list),
+            vec![("t".to_owned(), 0, generation, 7)]
+        );
+        let ticket = partitions.take("t", 0, generation, 9).unwrap();
+        assert!(
+            partitions.may_pin("t", 0, generation),
+            "taken is not stored"
+        );
+        // A confirmed record stored an offset past the pin: the pin is not stored.
+        assert_eq!(partitions.confirm("t", 0, generation, ticket), Some(10));
+        assert!(!partitions.may_pin("t", 0, generation));
+        // A new assignment may pin (nothing stored in it yet); the old one may not.
+        let newer = partitions.assign("t", 0);
+        assert!(partitions.may_pin("t", 0, newer));
+        assert!(!partitions.may_pin("t", 0, generation));
+        partitions.pinned("t", 0);
+        assert!(!partitions.may_pin("t", 0, newer));
+        assert!(partitions.pins_of(&list).is_empty());
     }
 
     fn statistics(json: Value) -> Statistics {

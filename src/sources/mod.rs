@@ -198,7 +198,8 @@ impl SourceSpec {
     /// Asks the source's broker, before a reload restarts a bridge (or for `check
     /// --online`), whether this spec would move a position there. Kinds that keep no
     /// position at their broker, or cannot tell, answer `Safe`. AMQP: an existing queue
-    /// whose settings differ (RabbitMQ would refuse the declare).
+    /// whose settings differ (RabbitMQ would refuse the declare). Kafka: a new group that
+    /// would start at the end where the old one has unread records.
     pub async fn verify_position(&self, bridge: &BridgeSpec) -> Verdict {
         let asked = async {
             match self {
@@ -208,6 +209,8 @@ impl SourceSpec {
                 }
                 #[cfg(feature = "amqp")]
                 SourceSpec::Amqp(spec) => amqp::verify_queue(spec, &bridge.name).await,
+                #[cfg(feature = "kafka")]
+                SourceSpec::Kafka(spec) => kafka::verify_position(spec, &bridge.name).await,
                 _ => Ok(()),
             }
         };
