@@ -56,12 +56,23 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         );
     }
     let mut bridges = serde_json::Map::new();
+    let grace = chrono::Duration::from_std(shared.ready_grace).unwrap_or(chrono::TimeDelta::MAX);
+    let now = chrono::Utc::now();
     for (name, view) in shared.bridges.read().expect("bridges lock").iter() {
         let status = view.status.snapshot();
-        if status.state != BridgeState::Running {
+        // A bridge that was running is given `ready_grace` to come back (a source
+        // reconnect should not flap readiness); one that never connected is not ready.
+        let briefly_down = status
+            .down_since
+            .is_some_and(|since| now.signed_duration_since(since) < grace);
+        if status.state != BridgeState::Running && !briefly_down {
             bridges.insert(
                 name.clone(),
-                json!({"state": status.state, "last_error": status.last_error}),
+                json!({
+                    "state": status.state,
+                    "last_error": status.last_error,
+                    "down_since": status.down_since,
+                }),
             );
         }
     }

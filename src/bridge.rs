@@ -1,6 +1,7 @@
 //! One bridge's life: connect its source, pull with at most `max_in_flight` messages
 //! unacknowledged, normalize, publish until confirmed, then ack. Reconnects forever.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -33,6 +34,8 @@ pub enum State {
     Connecting,
     Running,
     Reconnecting,
+    /// The bridge task panicked; it starts again after a backoff.
+    Restarting,
     Draining,
     Stopped,
 }
@@ -44,6 +47,11 @@ pub struct StatusSnapshot {
     /// Successful source connections since the bridge (this spec) started.
     pub connects: u64,
     pub connected_since: Option<DateTime<Utc>>,
+    /// When the bridge last stopped running after it had been running (for the
+    /// readiness grace); `None` while running or before its first connect.
+    pub down_since: Option<DateTime<Utc>>,
+    /// Times the bridge task panicked and was started again.
+    pub restarts: u64,
     pub started_at: DateTime<Utc>,
 }
 
@@ -57,6 +65,8 @@ impl BridgeStatus {
             last_error: None,
             connects: 0,
             connected_since: None,
+            down_since: None,
+            restarts: 0,
             started_at: Utc::now(),
         }))
     }
@@ -66,7 +76,14 @@ impl BridgeStatus {
     }
 
     fn update(&self, change: impl FnOnce(&mut StatusSnapshot)) {
-        change(&mut self.0.lock().expect("status lock"));
+        let mut status = self.0.lock().expect("status lock");
+        let was_running = status.state == State::Running;
+        change(&mut status);
+        match (was_running, status.state == State::Running) {
+            (true, false) => status.down_since = Some(Utc::now()),
+            (_, true) => status.down_since = None,
+            _ => {}
+        }
     }
 }
 
@@ -83,6 +100,90 @@ struct Shared {
     publisher: PublisherSlot,
     metrics: Arc<BridgeMetrics>,
     retry: crate::backoff::BackoffConfig,
+    faults: Faults,
+}
+
+/// Panics on purpose, for the tests of the supervision: a message whose payload holds
+/// `BROKER_BRIDGE_PANIC_IN_MESSAGE` panics in its pipeline, one that holds
+/// `BROKER_BRIDGE_PANIC_IN_BRIDGE` panics the bridge task. Unset (always, in
+/// production), nothing happens.
+#[derive(Debug, Clone, Default)]
+struct Faults {
+    in_message: Option<Vec<u8>>,
+    in_bridge: Option<Vec<u8>>,
+}
+
+impl Faults {
+    fn from_env() -> Self {
+        let marker = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|m| !m.is_empty())
+                .map(String::into_bytes)
+        };
+        Faults {
+            in_message: marker("BROKER_BRIDGE_PANIC_IN_MESSAGE"),
+            in_bridge: marker("BROKER_BRIDGE_PANIC_IN_BRIDGE"),
+        }
+    }
+
+    fn holds(marker: &Option<Vec<u8>>, payload: &[u8]) -> bool {
+        marker
+            .as_deref()
+            .is_some_and(|m| payload.windows(m.len()).any(|w| w == m))
+    }
+}
+
+/// Runs a bridge (`run`) and starts it again, after a backoff, whenever its task
+/// panics: a bug in one bridge never stops it for good, and shows in `/bridges`
+/// (`restarting`, the panic, a restart count), `bridge_up` and `bridge_panics_total`.
+pub async fn supervise(
+    spec: BridgeSpec,
+    publisher: PublisherSlot,
+    listeners: Listeners,
+    metrics: Arc<BridgeMetrics>,
+    status: Arc<BridgeStatus>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(spec.backoff.clone());
+    loop {
+        let task = tokio::spawn(run(
+            spec.clone(),
+            publisher.clone(),
+            listeners.clone(),
+            metrics.clone(),
+            status.clone(),
+            stop.clone(),
+        ));
+        let panic = match task.await {
+            Ok(()) => return,
+            Err(error) if error.is_panic() => panic_text(error.into_panic().as_ref()),
+            Err(_) => return,
+        };
+        metrics.up.store(0, Relaxed);
+        metrics.panics.fetch_add(1, Relaxed);
+        metrics.restarts.fetch_add(1, Relaxed);
+        tracing::error!(bridge = %spec.name, %panic, "the bridge task panicked (a bug); starting it again after a backoff");
+        status.update(|s| {
+            s.state = State::Restarting;
+            s.last_error = Some(format!("panicked: {panic}"));
+            s.connected_since = None;
+            s.restarts += 1;
+        });
+        if !backoff.wait(&stop).await {
+            status.update(|s| s.state = State::Stopped);
+            return;
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Runs a bridge until `stop` fires, then drains: no new pulls, in-flight messages get
@@ -103,6 +204,7 @@ pub async fn run(
             publisher,
             metrics: metrics.clone(),
             retry: spec.backoff.clone(),
+            faults: Faults::from_env(),
         });
         let permits = Arc::new(Semaphore::new(spec.max_in_flight));
         let mut tasks = JoinSet::new();
@@ -205,12 +307,14 @@ async fn pump(
         shared.metrics.received.fetch_add(1, Relaxed);
         shared.metrics.in_flight.fetch_add(1, Relaxed);
         let in_flight = InFlight(shared.metrics.clone());
-        let message = Message::new(incoming, shared);
+        if Faults::holds(&shared.faults.in_bridge, &incoming.payload) {
+            panic!("injected panic in the bridge task (BROKER_BRIDGE_PANIC_IN_BRIDGE)");
+        }
+        let (message, outbounds) = Message::prepare(incoming, shared, &publisher);
         // The first send happens here, in arrival order, so events keep their order on
         // the exchange; confirms, retries and acks run concurrently. Not raced with
         // `stop`: the send is short and bounded, and a pulled message is always seen
         // through (confirmed and acked, or left to the drain).
-        let outbounds = message.outbounds(&publisher, shared);
         let mut first = Vec::with_capacity(outbounds.len());
         for outbound in &outbounds {
             first.push(publisher.send(outbound).await);
@@ -240,19 +344,64 @@ struct Message {
 }
 
 impl Message {
-    fn new(incoming: Incoming, shared: &Shared) -> Self {
-        let received = Instant::now();
+    /// The message and its encoded events (or dead letter). A panic while normalizing
+    /// or encoding (a bug) is caught here: that one message is dead-lettered as
+    /// `internal_error` and the bridge goes on, so a durable poison message can never
+    /// crash-loop it. The ack handle lives outside the caught code.
+    fn prepare(
+        incoming: Incoming,
+        shared: &Shared,
+        publisher: &Publisher,
+    ) -> (Message, Vec<Outbound>) {
         let Incoming { payload, meta, ack } = incoming;
-        let normalized = normalize_message(&shared.mapping, &meta, &payload);
-        if let Err(reject) = &normalized {
-            tracing::warn!(reason = reject.reason.label(), detail = %reject.detail, "dead-lettering a message");
-        }
-        Message {
+        let mut message = Message {
             payload,
             meta,
             ack,
-            normalized,
-            received,
+            normalized: Ok(Vec::new()),
+            received: Instant::now(),
+        };
+        let normalized = catch_unwind(AssertUnwindSafe(|| {
+            if Faults::holds(&shared.faults.in_message, &message.payload) {
+                panic!("injected panic in a message (BROKER_BRIDGE_PANIC_IN_MESSAGE)");
+            }
+            normalize_message(&shared.mapping, &message.meta, &message.payload)
+        }));
+        message.normalized = match normalized {
+            Ok(normalized) => normalized,
+            Err(panic) => Err(message.caught(panic.as_ref(), shared)),
+        };
+        if let Err(reject) = &message.normalized {
+            tracing::warn!(reason = reject.reason.label(), detail = %reject.detail, "dead-lettering a message");
+        }
+        let outbounds =
+            match catch_unwind(AssertUnwindSafe(|| message.outbounds(publisher, shared))) {
+                Ok(outbounds) => outbounds,
+                Err(panic) => {
+                    message.normalized = Err(message.caught(panic.as_ref(), shared));
+                    message.outbounds(publisher, shared)
+                }
+            };
+        (message, outbounds)
+    }
+
+    /// Logs and counts a panic this message caused, and the rejection it becomes.
+    fn caught(
+        &self,
+        panic: &(dyn std::any::Any + Send),
+        shared: &Shared,
+    ) -> crate::normalize::Reject {
+        let panic = panic_text(panic);
+        shared.metrics.panics.fetch_add(1, Relaxed);
+        tracing::error!(
+            id = self.meta.id.as_deref().unwrap_or("-"),
+            subject = self.meta.subject.as_deref().unwrap_or("-"),
+            %panic,
+            "a message panicked the pipeline (a bug); dead-lettering it as internal_error"
+        );
+        crate::normalize::Reject {
+            reason: crate::normalize::RejectReason::InternalError,
+            detail: format!("broker-bridge panicked on this message: {panic}"),
         }
     }
 

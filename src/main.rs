@@ -137,6 +137,12 @@ fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .init(),
     }
+    // A panic is a bug: log it where the operator looks (inside a bridge's span, so the
+    // line names the bridge), with a backtrace. The bridge's supervisor restarts it.
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(panic = %info, %backtrace, "panic");
+    }));
 }
 
 fn main() -> ExitCode {

@@ -48,6 +48,8 @@ pub struct BridgeMetrics {
     pub in_flight: AtomicI64,
     pub up: AtomicI64,
     pub restarts: AtomicU64,
+    /// Panics caught in the bridge (a message's pipeline, or the bridge task itself).
+    pub panics: AtomicU64,
     pub source_lag: AtomicI64,
     pub end_to_end: Histogram,
     /// Webhook requests answered with an error before they became a message.
@@ -157,7 +159,7 @@ impl Registry {
         let labels =
             |name: &str, kind: &str| format!("bridge=\"{}\",kind=\"{}\"", escape(name), kind);
         type Get = fn(&BridgeMetrics) -> i64;
-        let simple: [(&str, &str, &str, Get); 7] = [
+        let simple: [(&str, &str, &str, Get); 8] = [
             (
                 "bridge_messages_received_total",
                 "counter",
@@ -199,6 +201,12 @@ impl Registry {
                 "counter",
                 "Times the bridge reconnected or was restarted.",
                 |m| m.restarts.load(Relaxed) as i64,
+            ),
+            (
+                "bridge_panics_total",
+                "counter",
+                "Panics caught in the bridge: bugs, each logged with a backtrace.",
+                |m| m.panics.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in simple {
@@ -351,6 +359,7 @@ mod tests {
             "bridge_in_flight",
             "bridge_up",
             "bridge_restarts_total",
+            "bridge_panics_total",
         ] {
             assert!(
                 text.contains(&format!("{name}{{bridge=\"orders\",kind=\"nats\"}} 0\n")),

@@ -56,6 +56,8 @@ pub enum RejectReason {
     TooLarge,
     /// A value longer than its wire field allows (an id, a content type, a routing key).
     TooLong,
+    /// broker-bridge panicked on the message (a bug, logged with a backtrace).
+    InternalError,
     InvalidJson,
     UnresolvedTemplate,
     InvalidCloudEvent,
@@ -63,13 +65,14 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::TooLarge,
         RejectReason::TooLong,
         RejectReason::InvalidJson,
         RejectReason::UnresolvedTemplate,
         RejectReason::InvalidCloudEvent,
         RejectReason::InvalidNotification,
+        RejectReason::InternalError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -80,6 +83,7 @@ impl RejectReason {
             RejectReason::UnresolvedTemplate => "unresolved_template",
             RejectReason::InvalidCloudEvent => "invalid_cloudevent",
             RejectReason::InvalidNotification => "invalid_notification",
+            RejectReason::InternalError => "internal_error",
         }
     }
 }

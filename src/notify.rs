@@ -286,6 +286,7 @@ pub fn summarize(
         }
         for (state, word) in [
             (State::Connecting, "connecting"),
+            (State::Restarting, "restarting after a panic"),
             (State::Draining, "draining"),
             (State::Stopped, "stopped"),
         ] {

@@ -32,6 +32,8 @@ pub struct Shared {
     pub publisher: PublisherSlot,
     pub bridges: RwLock<BTreeMap<String, BridgeView>>,
     pub reload: Mutex<ReloadStatus>,
+    /// `[admin] ready_grace` (applied at start, like the rest of `[admin]`).
+    pub ready_grace: Duration,
 }
 
 /// One bridge as the admin endpoints see it.
@@ -73,6 +75,7 @@ impl Supervisor {
             registry: registry.clone(),
             publisher: Arc::new(RwLock::new(publisher)),
             bridges: RwLock::new(BTreeMap::new()),
+            ready_grace: config.admin.ready_grace,
             reload: Mutex::new(ReloadStatus {
                 config_path: path.to_owned(),
                 last_success: Some(Utc::now()),
@@ -103,7 +106,7 @@ impl Supervisor {
         let metrics = self.shared.registry.bridge(&spec.name, spec.kind());
         let status = Arc::new(BridgeStatus::new());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(bridge::run(
+        let task = tokio::spawn(bridge::supervise(
             spec.clone(),
             self.shared.publisher.clone(),
             self.listeners.clone(),
@@ -225,7 +228,7 @@ impl Supervisor {
             });
         }
         if new.admin != self.config.admin {
-            tracing::warn!("[admin] listen changed: it takes effect after a restart");
+            tracing::warn!("[admin] changed: it takes effect after a restart");
         }
         if new.webhook != self.config.webhook {
             tracing::warn!("[webhook] changed: it takes effect after a restart");

@@ -222,3 +222,136 @@ async fn s3_notification_records_become_one_event_each() {
         Some("invalid_notification")
     );
 }
+
+// Supervision (issue 13): a panic is a bug, never the end of a bridge.
+
+/// A daemon with one core NATS bridge, its `[admin] ready_grace` at 0 and these
+/// environment variables (the panic injectors).
+async fn start_with_faults(exchange: &str, bridges: &str, env: &[(&str, &str)]) -> Daemon {
+    Daemon::start_with_text_and_env(
+        tempfile::tempdir().unwrap(),
+        AMQP_URL,
+        exchange,
+        |port| {
+            common::config_text(AMQP_URL, exchange, port, bridges)
+                .replace("[admin]\n", "[admin]\nready_grace = \"0s\"\n")
+        },
+        env,
+    )
+    .await
+}
+
+/// A message that panics the pipeline is dead-lettered as `internal_error`, counted, and
+/// the bridge goes on without a restart and stays ready.
+#[tokio::test]
+async fn a_message_that_panics_is_dead_lettered_and_the_bridge_goes_on() {
+    let source = CoreNats::new();
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.acme.{bridge}"))
+        .await;
+    let daemon = start_with_faults(
+        &exchange,
+        &bridge_table(&source, &bridge, ""),
+        &[("BROKER_BRIDGE_PANIC_IN_MESSAGE", "boom-in-message")],
+    )
+    .await;
+    daemon.wait_running(&bridge).await;
+    source.send(br#"{"n":1}"#, &[]).await;
+    source.send(br#"{"n":"boom-in-message"}"#, &[]).await;
+    source.send(br#"{"n":3}"#, &[]).await;
+    let events = rabbit
+        .take_exactly(&queue, 2, Duration::from_secs(20))
+        .await;
+    let numbers: Vec<_> = events
+        .iter()
+        .map(|e| e.json()["data"]["n"].clone())
+        .collect();
+    assert_eq!(numbers, [1, 3], "log: {}", daemon.log());
+    let letters = rabbit.take_exactly(&dead, 1, Duration::from_secs(10)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].header("x-bridge-reason").as_deref(),
+        Some("internal_error")
+    );
+    assert_eq!(letters[0].body, br#"{"n":"boom-in-message"}"#);
+    let metrics = daemon.metrics();
+    let series = |name| metrics.bridge(name, &bridge, "nats");
+    assert_eq!(series("bridge_panics_total"), Some(1.0));
+    assert_eq!(series("bridge_restarts_total"), Some(0.0));
+    assert_eq!(series("bridge_up"), Some(1.0));
+    assert_eq!(
+        common::http_get(daemon.admin_port, "/readyz").unwrap().0,
+        200
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("backtrace") && log.contains("internal_error"),
+        "the panic is logged with a backtrace: {log}"
+    );
+}
+
+/// A panic of the bridge task itself restarts the bridge after a backoff; meanwhile
+/// `/bridges`, `/metrics` and `/readyz` all say so; then it runs again.
+#[tokio::test]
+async fn a_bridge_task_that_panics_is_restarted_and_seen_everywhere() {
+    let source = CoreNats::new();
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    // A restart backoff long enough to look at the bridge while it is down.
+    let daemon = start_with_faults(
+        &exchange,
+        &bridge_table(
+            &source,
+            &bridge,
+            "backoff = { initial = \"3s\", max = \"3s\" }",
+        ),
+        &[("BROKER_BRIDGE_PANIC_IN_BRIDGE", "boom-in-bridge")],
+    )
+    .await;
+    daemon.wait_running(&bridge).await;
+    source.send(br#"{"n":"boom-in-bridge"}"#, &[]).await;
+    common::eventually(Duration::from_secs(10), "the bridge restarting", || {
+        daemon
+            .bridge_status(&bridge)
+            .is_some_and(|b| b["status"]["state"] == "restarting")
+    })
+    .await;
+    let status = daemon.bridge_status(&bridge).unwrap();
+    assert_eq!(status["status"]["restarts"], 1);
+    assert!(
+        status["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked") && e.contains("injected")),
+        "{status}"
+    );
+    let (code, body) = common::http_get(daemon.admin_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&bridge), "{body}");
+    let metrics = daemon.metrics();
+    let series = |name| metrics.bridge(name, &bridge, "nats");
+    assert_eq!(series("bridge_up"), Some(0.0));
+    assert_eq!(series("bridge_panics_total"), Some(1.0));
+    assert!(series("bridge_restarts_total").is_some_and(|n| n >= 1.0));
+
+    daemon.wait_running(&bridge).await;
+    source.send(br#"{"n":2}"#, &[]).await;
+    let events = rabbit
+        .take_exactly(&queue, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(events.len(), 1, "log: {}", daemon.log());
+    assert_eq!(events[0].json()["data"]["n"], 2);
+    assert_eq!(
+        common::http_get(daemon.admin_port, "/readyz").unwrap().0,
+        200
+    );
+}

@@ -94,12 +94,17 @@ impl Default for ExchangeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// How long a bridge that was running may be down (reconnecting, restarting) before
+    /// `/readyz` says not ready; a bridge that never connected is not ready at once.
+    #[serde(with = "duration")]
+    pub ready_grace: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9180".parse().expect("valid address"),
+            ready_grace: Duration::from_secs(10),
         }
     }
 }
