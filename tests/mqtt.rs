@@ -243,10 +243,7 @@ impl Mqtt {
 
     /// The kind's keys for a bridge on `url` with this client id and topic filter.
     fn keys(&self, url: &str, client_id: &str, filter: &str) -> String {
-        let mut sessions = self.sessions.lock().unwrap();
-        if !sessions.iter().any(|known| known == client_id) {
-            sessions.push(client_id.to_owned());
-        }
+        self.remember(client_id);
         format!(
             "url = \"{url}\"\nprotocol = \"{}\"\ntopics = [\"{filter}\"]\nclient_id = \"{client_id}\"",
             self.version.label()
@@ -500,7 +497,8 @@ async fn persistent_session_keeps_messages_while_stopped_mqtt5() {
 }
 
 /// A broker that lost the session (here: another client took the client id with a clean
-/// session while the bridge could not connect) gets every filter subscribed again.
+/// session while the bridge could not connect) gets every filter subscribed again, and
+/// the daemon warns that what was published meanwhile was not kept.
 #[tokio::test]
 async fn resubscribes_when_the_broker_has_no_session() {
     let source = Mqtt::new(Version::V311).await;
@@ -568,6 +566,13 @@ async fn resubscribes_when_the_broker_has_no_session() {
         numbers,
         (1..11).collect(),
         "subscribed again; log: {}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("the broker has no session for this client id although this bridge had one"),
+        "what the lost session held is reported lost; log: {}",
         daemon.log()
     );
 }
@@ -1155,4 +1160,507 @@ async fn tls_with_client_certificate_and_password() {
         error.contains("refused") || error.contains("NotAuthorized"),
         "{error}"
     );
+}
+
+// --- Editing a bridge's source settings while messages are pending (issue 21). ---
+//
+// Each test stops the flow while messages wait at the source, edits the bridge and ends
+// with the accounting: every message pending before the edit is published after it, or
+// still held by the broker and reported by the daemon. The harness gives each daemon a
+// state_dir of its own that a restart keeps: there the bridge records its session.
+
+/// How an edit reaches the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    /// The config file is rewritten while the daemon runs.
+    Reload,
+    /// The daemon is stopped (SIGTERM), the config edited, the daemon started.
+    Restart,
+}
+
+/// An mqtt bridge table with several filters and any protocol version; the client id is
+/// remembered so the test ends its session.
+fn mqtt_table(
+    source: &Mqtt,
+    name: &str,
+    version: Version,
+    client_id: &str,
+    topics: &[String],
+    extra: &str,
+) -> String {
+    source.remember(client_id);
+    let topics: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "[[bridge]]\nname = \"{name}\"\nkind = \"mqtt\"\nurl = \"{MQTT_URL}\"\nprotocol = \"{}\"\n\
+         topics = [{}]\nclient_id = \"{client_id}\"\nmax_in_flight = 10\n{extra}\n",
+        version.label(),
+        topics.join(", ")
+    )
+}
+
+impl Mqtt {
+    /// Notes a client id whose session the test ends when it is done.
+    fn remember(&self, client_id: &str) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if !sessions.iter().any(|known| known == client_id) {
+            sessions.push(client_id.to_owned());
+        }
+    }
+
+    async fn send_numbers_to(&self, topic: &str, numbers: std::ops::Range<u64>) {
+        for n in numbers {
+            self.publish(
+                topic,
+                format!("{{\"n\":{n}}}").as_bytes(),
+                Properties::default(),
+            )
+            .await;
+        }
+    }
+}
+
+fn connections_made(daemon: &Daemon) -> usize {
+    daemon.log().matches("connected to the MQTT broker").count()
+}
+
+/// Edits the bridges to `bridges` while the messages `publish` sends wait at the source.
+/// Restart: the daemon stops, `publish` runs, the config changes, the daemon starts.
+/// Reload: the exchange is cut (the bridge can confirm nothing: what it pulled stays
+/// unacknowledged, the rest queues in the session), `publish` runs, the config changes,
+/// and the exchange comes back once the bridge connected under the new config.
+async fn edit_while_pending(
+    daemon: &mut Daemon,
+    exchange: &Proxy,
+    bridge: &str,
+    edit: Edit,
+    publish: impl std::future::Future<Output = ()>,
+    bridges: &str,
+) {
+    let connections = connections_made(daemon);
+    match edit {
+        Edit::Restart => {
+            assert_eq!(daemon.terminate(), Some(0), "SIGTERM exits 0");
+            publish.await;
+            daemon.write_bridges(bridges);
+            daemon.restart().await;
+        }
+        Edit::Reload => {
+            let received = || {
+                daemon
+                    .metrics()
+                    .bridge("bridge_messages_received_total", bridge, "mqtt")
+                    .unwrap_or(0.0)
+            };
+            let before = received();
+            exchange.cut();
+            eventually(Duration::from_secs(10), "exchange seen down", || {
+                daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+            })
+            .await;
+            publish.await;
+            eventually(Duration::from_secs(10), "pending messages pulled", || {
+                received() > before
+            })
+            .await;
+            daemon.write_bridges(bridges);
+            eventually(
+                Duration::from_secs(30),
+                "the bridge connected under the new config",
+                || connections_made(daemon) > connections,
+            )
+            .await;
+            // Running means subscribed and unsubscribed: the edit met the queued
+            // messages at the broker, before the bridge could confirm any of them.
+            daemon.wait_running(bridge).await;
+            exchange.restore();
+        }
+    }
+    daemon.wait_ready().await;
+    assert!(connections_made(daemon) > connections);
+}
+
+/// Takes events until `expected` arrived and nothing more comes for a moment; returns
+/// how often each number arrived.
+async fn take_counted(rabbit: &Rabbit, queue: &str, expected: usize) -> HashMap<u64, usize> {
+    let mut received = rabbit.take(queue, expected, Duration::from_secs(30)).await;
+    loop {
+        let more = rabbit.take(queue, 1000, Duration::from_secs(2)).await;
+        if more.is_empty() {
+            break;
+        }
+        received.extend(more);
+    }
+    let mut counts = HashMap::new();
+    for event in &received {
+        let n = event.json()["data"]["n"]
+            .as_u64()
+            .expect("a {\"n\":N} event");
+        *counts.entry(n).or_default() += 1;
+    }
+    counts
+}
+
+fn numbers(counts: &HashMap<u64, usize>) -> std::collections::BTreeSet<u64> {
+    counts.keys().copied().collect()
+}
+
+fn range(numbers: std::ops::Range<u64>) -> std::collections::BTreeSet<u64> {
+    numbers.collect()
+}
+
+/// Reads what a persistent session holds, as the bridge would (same client id, no clean
+/// start), acknowledging it; returns the numbers.
+async fn held_by_session(version: Version, client_id: &str) -> std::collections::BTreeSet<u64> {
+    let mut held = std::collections::BTreeSet::new();
+    let mut add = |payload: &[u8]| {
+        let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        held.insert(json["n"].as_u64().unwrap());
+    };
+    // Quiet for this long after the last message: the session is empty.
+    let quiet = Duration::from_secs(3);
+    match version {
+        Version::V311 => {
+            let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", 1883);
+            options.set_clean_session(false);
+            let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
+            let mut session_present = None;
+            while let Ok(event) = tokio::time::timeout(quiet, events.poll()).await {
+                match event.expect("the test reads the session") {
+                    rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) => {
+                        session_present = Some(ack.session_present)
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) => {
+                        add(&publish.payload)
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                session_present,
+                Some(true),
+                "the session `{client_id}` exists"
+            );
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), events.poll()).await;
+        }
+        Version::V5 => {
+            let mut options = v5::MqttOptions::new(client_id, "127.0.0.1", 1883);
+            options
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(3600));
+            let (client, mut events) = v5::AsyncClient::new(options, 100);
+            let mut session_present = None;
+            while let Ok(event) = tokio::time::timeout(quiet, events.poll()).await {
+                match event.expect("the test reads the session") {
+                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(ack)) => {
+                        session_present = Some(ack.session_present)
+                    }
+                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(publish)) => {
+                        add(&publish.payload)
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                session_present,
+                Some(true),
+                "the session `{client_id}` exists"
+            );
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), events.poll()).await;
+        }
+    }
+    held
+}
+
+/// Topic filters edited while the session holds queued QoS 1 messages: `a` removed, `c`
+/// added, `b` kept. Every message queued before the edit is published, the removed
+/// filter's too (Mosquitto delivers what it queued before the UNSUBSCRIBE); the removed
+/// filter is unsubscribed (on a restart too); the added filter delivers from its
+/// subscription on (nothing published before it exists: MQTT has no history).
+async fn editing_topics_keeps_queued_messages(version: Version, edit: Edit) {
+    let source = Mqtt::new(version).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let filter = |level: &str| format!("{}/{level}/#", source.prefix);
+    let topic = |level: &str| format!("{}/{level}/x", source.prefix);
+    let client_id = source.client_id.clone();
+    let before = mqtt_table(
+        &source,
+        &bridge,
+        version,
+        &client_id,
+        &[filter("a"), filter("b")],
+        "",
+    );
+    let after = mqtt_table(
+        &source,
+        &bridge,
+        version,
+        &client_id,
+        &[filter("b"), filter("c")],
+        "",
+    );
+    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
+    daemon.wait_ready().await;
+    source.send_numbers_to(&topic("a"), 0..1).await;
+    source.send_numbers_to(&topic("b"), 1..2).await;
+    assert_eq!(
+        numbers(&take_counted(&rabbit, &queue, 2).await),
+        range(0..2)
+    );
+
+    let pending = async {
+        source.send_numbers_to(&topic("a"), 2..32).await;
+        source.send_numbers_to(&topic("b"), 32..37).await;
+        // Not subscribed yet: no session holds these.
+        source.send_numbers_to(&topic("c"), 37..40).await;
+    };
+    edit_while_pending(&mut daemon, &amqp, &bridge, edit, pending, &after).await;
+    let published = take_counted(&rabbit, &queue, 35).await;
+    assert_eq!(
+        numbers(&published),
+        range(2..37),
+        "every message queued before the edit is published, the removed filter's too; \
+         nothing from before the added filter existed; log: {}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("unsubscribed `{}`", filter("a"))),
+        "the removal is logged; log: {}",
+        daemon.log()
+    );
+
+    // From now on: the removed filter is gone, the added one delivers.
+    source.send_numbers_to(&topic("a"), 40..45).await;
+    source.send_numbers_to(&topic("b"), 45..50).await;
+    source.send_numbers_to(&topic("c"), 50..55).await;
+    let published = take_counted(&rabbit, &queue, 10).await;
+    assert_eq!(
+        numbers(&published),
+        range(45..55),
+        "the removed filter is unsubscribed and the added one subscribed; log: {}",
+        daemon.log()
+    );
+    assert!(published.values().all(|&count| count == 1), "{published:?}");
+}
+
+#[tokio::test]
+async fn editing_topics_keeps_queued_messages_reload_mqtt311() {
+    editing_topics_keeps_queued_messages(Version::V311, Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn editing_topics_keeps_queued_messages_reload_mqtt5() {
+    editing_topics_keeps_queued_messages(Version::V5, Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn editing_topics_keeps_queued_messages_restart_mqtt311() {
+    editing_topics_keeps_queued_messages(Version::V311, Edit::Restart).await;
+}
+
+#[tokio::test]
+async fn editing_topics_keeps_queued_messages_restart_mqtt5() {
+    editing_topics_keeps_queued_messages(Version::V5, Edit::Restart).await;
+}
+
+/// A new `client_id` names a new session, which starts empty. The old session keeps the
+/// messages queued before the change (and, still subscribed, goes on queueing) until the
+/// broker expires it: nothing is lost, the daemon says so naming the old session, and
+/// the test reads the messages there.
+async fn changing_the_client_id_leaves_messages_in_the_old_session(version: Version, edit: Edit) {
+    let source = Mqtt::new(version).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let old_id = source.client_id.clone();
+    let new_id = unique("bb-test-new");
+    let topics = [source.everything()];
+    let before = mqtt_table(&source, &bridge, version, &old_id, &topics, "");
+    let after = mqtt_table(&source, &bridge, version, &new_id, &topics, "");
+    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
+    daemon.wait_ready().await;
+    source.send_numbers(0..1).await;
+    assert_eq!(
+        numbers(&take_counted(&rabbit, &queue, 1).await),
+        range(0..1)
+    );
+
+    edit_while_pending(
+        &mut daemon,
+        &amqp,
+        &bridge,
+        edit,
+        source.send_numbers(1..21),
+        &after,
+    )
+    .await;
+    source.send_numbers(21..26).await;
+    let published = take_counted(&rabbit, &queue, 5).await;
+    assert!(
+        range(21..26).is_subset(&numbers(&published)),
+        "the new session delivers; log: {}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("previous session `{old_id}`")),
+        "the daemon names the old session that may still hold messages; log: {log}"
+    );
+    // The accounting: each message pending before the edit is published or still in
+    // the old session.
+    drop(daemon);
+    let held = held_by_session(version, &old_id).await;
+    let published_or_held: std::collections::BTreeSet<u64> =
+        numbers(&published).union(&held).copied().collect();
+    assert!(
+        range(1..21).is_subset(&published_or_held),
+        "published {published:?}, held by `{old_id}` {held:?}"
+    );
+    assert!(
+        range(21..26).is_subset(&held),
+        "the old session, still subscribed, keeps queueing: {held:?}"
+    );
+}
+
+#[tokio::test]
+async fn changing_the_client_id_leaves_messages_in_the_old_session_reload_mqtt311() {
+    changing_the_client_id_leaves_messages_in_the_old_session(Version::V311, Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn changing_the_client_id_leaves_messages_in_the_old_session_reload_mqtt5() {
+    changing_the_client_id_leaves_messages_in_the_old_session(Version::V5, Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn changing_the_client_id_leaves_messages_in_the_old_session_restart_mqtt311() {
+    changing_the_client_id_leaves_messages_in_the_old_session(Version::V311, Edit::Restart).await;
+}
+
+#[tokio::test]
+async fn changing_the_client_id_leaves_messages_in_the_old_session_restart_mqtt5() {
+    changing_the_client_id_leaves_messages_in_the_old_session(Version::V5, Edit::Restart).await;
+}
+
+/// MQTT 5: adding a `shared_group` replaces `<filter>` with `$share/<group>/<filter>` in
+/// the same session. What the session queued is published, and afterwards each message
+/// arrives once (the plain subscription is gone, on a restart too).
+async fn adding_a_shared_group_keeps_queued_messages(edit: Edit) {
+    let source = Mqtt::new(Version::V5).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let client_id = source.client_id.clone();
+    let topics = [source.everything()];
+    let group = unique("g");
+    let before = mqtt_table(&source, &bridge, Version::V5, &client_id, &topics, "");
+    let after = mqtt_table(
+        &source,
+        &bridge,
+        Version::V5,
+        &client_id,
+        &topics,
+        &format!("shared_group = \"{group}\""),
+    );
+    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
+    daemon.wait_ready().await;
+    source.send_numbers(0..1).await;
+    assert_eq!(
+        numbers(&take_counted(&rabbit, &queue, 1).await),
+        range(0..1)
+    );
+
+    edit_while_pending(
+        &mut daemon,
+        &amqp,
+        &bridge,
+        edit,
+        source.send_numbers(1..21),
+        &after,
+    )
+    .await;
+    let published = take_counted(&rabbit, &queue, 20).await;
+    assert_eq!(numbers(&published), range(1..21), "log: {}", daemon.log());
+    source.send_numbers(21..26).await;
+    let published = take_counted(&rabbit, &queue, 5).await;
+    assert_eq!(numbers(&published), range(21..26), "log: {}", daemon.log());
+    assert!(
+        published.values().all(|&count| count == 1),
+        "each message once: the plain filter is unsubscribed; {published:?}; log: {}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn adding_a_shared_group_keeps_queued_messages_reload() {
+    adding_a_shared_group_keeps_queued_messages(Edit::Reload).await;
+}
+
+#[tokio::test]
+async fn adding_a_shared_group_keeps_queued_messages_restart() {
+    adding_a_shared_group_keeps_queued_messages(Edit::Restart).await;
+}
+
+/// Changing `protocol` keeps the session (same client id): Mosquitto resumes a 3.1.1
+/// session for an MQTT 5 client and the other way round, queued messages included.
+async fn changing_the_protocol_keeps_the_session(from: Version, to: Version, edit: Edit) {
+    let source = Mqtt::new(from).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let client_id = source.client_id.clone();
+    let topics = [source.everything()];
+    let before = mqtt_table(&source, &bridge, from, &client_id, &topics, "");
+    let after = mqtt_table(&source, &bridge, to, &client_id, &topics, "");
+    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
+    daemon.wait_ready().await;
+    source.send_numbers(0..1).await;
+    assert_eq!(
+        numbers(&take_counted(&rabbit, &queue, 1).await),
+        range(0..1)
+    );
+
+    edit_while_pending(
+        &mut daemon,
+        &amqp,
+        &bridge,
+        edit,
+        source.send_numbers(1..21),
+        &after,
+    )
+    .await;
+    source.send_numbers(21..26).await;
+    let published = take_counted(&rabbit, &queue, 25).await;
+    assert_eq!(numbers(&published), range(1..26), "log: {}", daemon.log());
+}
+
+#[tokio::test]
+async fn changing_the_protocol_keeps_the_session_restart_311_to_5() {
+    changing_the_protocol_keeps_the_session(Version::V311, Version::V5, Edit::Restart).await;
+}
+
+#[tokio::test]
+async fn changing_the_protocol_keeps_the_session_reload_5_to_311() {
+    changing_the_protocol_keeps_the_session(Version::V5, Version::V311, Edit::Reload).await;
 }

@@ -14,7 +14,18 @@
 //!   subscriptions and queues QoS 1 messages while broker-bridge is stopped or
 //!   disconnected, and resends those it delivered but never got a PUBACK for. When the
 //!   broker reports no session (`session present = 0`), every filter is subscribed
-//!   again.
+//!   again, and if this bridge had a session there, a warning says that what was
+//!   published meanwhile was not kept.
+//! - **Edited settings never drop what the session holds** ([`SessionMemory::plan`]).
+//!   Filters added to `topics` are subscribed before removed ones are unsubscribed, so
+//!   a topic both cover is never without a subscription. An UNSUBSCRIBE stops new
+//!   messages for the filter; what the broker queued for it before is still delivered
+//!   (Mosquitto does, measured with 2.0.11; MQTT 5 §3.10.4 lets a broker do either) and
+//!   bridged: there is no client-side filtering by topic. The filters a session was
+//!   given are recorded in `<state_dir>/mqtt/<bridge>.json`, so a filter removed while
+//!   broker-bridge was stopped is unsubscribed at the start too. A new `client_id` (or
+//!   `url`) is a new, empty session: the old one keeps its queued messages until the
+//!   broker expires it, and a warning names it (from the same record).
 //! - **Ids**: MQTT messages carry no identity, so events get a UUIDv7. A QoS 1 message
 //!   the broker resends to the same process after a reconnect (DUP flag, same packet id,
 //!   same topic and bytes) gets the id of its first delivery, so consumers deduplicate
@@ -38,7 +49,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -519,6 +530,8 @@ enum Event {
     },
     /// Per requested filter: the granted QoS, or why the broker refused it.
     SubAck(Vec<Result<u8, String>>),
+    /// Per filter of an UNSUBSCRIBE: done, or why the broker refused it.
+    UnsubAck(Vec<Result<(), String>>),
     Publish(Arrived),
     /// A PUBACK was written to the connection.
     PubAckWritten(u16),
@@ -554,6 +567,8 @@ impl EventLoop {
                             })
                             .collect(),
                     ),
+                    // 3.1.1 has no reason codes: an UNSUBACK means done.
+                    E::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck(vec![Ok(())]),
                     E::Incoming(Packet::Publish(publish)) => Event::Publish(Arrived {
                         pkid: (publish.qos != rumqttc::QoS::AtMostOnce).then_some(publish.pkid),
                         dup: publish.dup,
@@ -569,7 +584,9 @@ impl EventLoop {
             }
             EventLoop::V5(events) => {
                 use rumqttc::Outgoing;
-                use v5::mqttbytes::v5::{DisconnectReasonCode, Packet, SubscribeReasonCode};
+                use v5::mqttbytes::v5::{
+                    DisconnectReasonCode, Packet, SubscribeReasonCode, UnsubAckReason,
+                };
                 use v5::{ConnectionError, Event as E, StateError};
                 let event = events.poll().await.map_err(|error| match &error {
                     ConnectionError::MqttState(StateError::ServerDisconnect {
@@ -590,6 +607,18 @@ impl EventLoop {
                             .iter()
                             .map(|code| match code {
                                 SubscribeReasonCode::Success(qos) => Ok(*qos as u8),
+                                refused => Err(format!("refused ({refused:?})")),
+                            })
+                            .collect(),
+                    ),
+                    E::Incoming(Packet::UnsubAck(ack)) => Event::UnsubAck(
+                        ack.reasons
+                            .iter()
+                            .map(|reason| match reason {
+                                // Already gone is what we wanted.
+                                UnsubAckReason::Success | UnsubAckReason::NoSubscriptionExisted => {
+                                    Ok(())
+                                }
                                 refused => Err(format!("refused ({refused:?})")),
                             })
                             .collect(),
@@ -764,35 +793,70 @@ struct SessionMemory {
     unacked: HashMap<u16, (u64, String)>,
 }
 
+/// What to do with the session after a CONNACK.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    subscribe: Vec<(String, u8)>,
+    /// Filters the session has and `topics` no longer lists; unsubscribed only after
+    /// `subscribe` is acknowledged.
+    unsubscribe: Vec<String>,
+    /// The broker has no session although this bridge had one there: what was published
+    /// while broker-bridge was away was not kept for it.
+    session_lost: bool,
+    /// A session is present, but nothing tells which filters it has from before this
+    /// process (no record): a filter removed while stopped cannot be unsubscribed.
+    filters_unknown: bool,
+}
+
 impl SessionMemory {
     /// What to subscribe and unsubscribe after a CONNACK. A session the broker kept
     /// already has the filters this process gave it, so those are not subscribed again:
     /// a SUBSCRIBE makes an MQTT 3.1.1 broker resend every retained message, which would
     /// be bridged twice. Before the first subscription in this process, or when the
-    /// broker has no session, every filter is subscribed.
+    /// broker has no session, every filter is subscribed. The filters the session has
+    /// and `wanted` lacks are unsubscribed: those this process subscribed, or before its
+    /// first subscription those `recorded` (by an earlier process, in the state_dir).
+    /// Unsubscribing loses nothing the session already queued: the broker still
+    /// delivers it (Mosquitto), and the bridge bridges every topic it is given.
     fn plan(
         &mut self,
         session_present: bool,
         wanted: &[(String, u8)],
-    ) -> (Vec<(String, u8)>, Vec<String>) {
+        recorded: Option<&[String]>,
+    ) -> Plan {
         if !session_present {
             // A new session: nothing will be resent, and no subscription exists.
+            let session_lost = !self.subscribed.is_empty() || recorded.is_some();
             self.unacked.clear();
             self.subscribed.clear();
-            return (wanted.to_vec(), Vec::new());
+            return Plan {
+                subscribe: wanted.to_vec(),
+                unsubscribe: Vec::new(),
+                session_lost,
+                filters_unknown: false,
+            };
         }
+        let first_in_process = self.subscribed.is_empty();
         let subscribe = wanted
             .iter()
-            .filter(|filter| !self.subscribed.contains(filter))
+            .filter(|filter| first_in_process || !self.subscribed.contains(filter))
             .cloned()
             .collect();
-        let unsubscribe = self
-            .subscribed
-            .iter()
-            .filter(|(old, _)| !wanted.iter().any(|(new, _)| new == old))
-            .map(|(old, _)| old.clone())
+        let had: Vec<String> = if first_in_process {
+            recorded.unwrap_or_default().to_vec()
+        } else {
+            self.subscribed.iter().map(|(old, _)| old.clone()).collect()
+        };
+        let unsubscribe = had
+            .into_iter()
+            .filter(|old| !wanted.iter().any(|(new, _)| new == old))
             .collect();
-        (subscribe, unsubscribe)
+        Plan {
+            subscribe,
+            unsubscribe,
+            session_lost: false,
+            filters_unknown: first_in_process && recorded.is_none(),
+        }
     }
 
     /// The event id of a QoS 1 message: that of its first delivery when the broker
@@ -840,6 +904,97 @@ fn digest(arrived: &Arrived) -> u64 {
     hasher.finish()
 }
 
+/// Which session a bridge last used and the filters it gave it, kept in
+/// `<state_dir>/mqtt/<bridge>.json`. It lets a start unsubscribe a filter removed while
+/// broker-bridge was stopped, and tell that `client_id` or `url` changed (the old
+/// session still holds what was queued there). Losing it loses no message: without it
+/// a removed filter stays subscribed, as the log then says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionRecord {
+    /// `host:port` of the broker.
+    server: String,
+    client_id: String,
+    /// The filters as subscribed (with the `$share/<group>/` prefix).
+    filters: Vec<String>,
+}
+
+impl SessionRecord {
+    fn same_session(&self, server: &str, client_id: &str) -> bool {
+        self.server == server && self.client_id == client_id
+    }
+}
+
+/// The latest record of each bridge in this process, by bridge name: the state_dir
+/// copy may be missing (not writable), a reload still knows.
+static RECORDS: LazyLock<Mutex<HashMap<String, SessionRecord>>> = LazyLock::new(Default::default);
+
+fn record_path(state_dir: &Path, bridge: &str) -> PathBuf {
+    state_dir.join("mqtt").join(format!("{bridge}.json"))
+}
+
+/// The bridge's last record: this process's, else the state_dir's.
+fn previous_record(path: &Path, bridge: &str) -> Option<SessionRecord> {
+    if let Some(record) = RECORDS.lock().expect("records lock").get(bridge) {
+        return Some(record.clone());
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot read the record of this bridge's MQTT session; filters removed \
+                 from `topics` while broker-bridge was stopped stay subscribed"
+            );
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "the record of this bridge's MQTT session is damaged and is ignored (it is \
+                 written again once subscribed); filters removed from `topics` while \
+                 broker-bridge was stopped stay subscribed"
+            );
+            None
+        }
+    }
+}
+
+/// Keeps the record in this process and, when it changed, in the state_dir (atomically:
+/// temp file, fsync, rename).
+fn keep_record(path: &Path, bridge: &str, record: SessionRecord, previous: Option<&SessionRecord>) {
+    RECORDS
+        .lock()
+        .expect("records lock")
+        .insert(bridge.to_owned(), record.clone());
+    if previous == Some(&record) {
+        return;
+    }
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(path.parent().expect("a file in <state_dir>/mqtt"))?;
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(&record).expect("serializable"))?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "cannot record this bridge's MQTT session in the state_dir; after a restart, \
+             filters removed from `topics` while broker-bridge was stopped stay subscribed, \
+             and a changed client_id is not reported"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Connecting, the connection task, the source and its acknowledgements.
 
@@ -851,6 +1006,7 @@ pub async fn connect(
     context: &ConnectContext,
 ) -> Result<Box<dyn Source>, SourceError> {
     let endpoint = Endpoint::parse(&spec.url).map_err(SourceError::Connect)?;
+    let server = endpoint.label();
     let client_id = spec.client_id(&context.bridge);
     let (client, mut events) = new_client(spec, &endpoint, client_id.clone(), context)?;
 
@@ -859,40 +1015,73 @@ pub async fn connect(
         Ok(Event::ConnAck { session_present }) => session_present,
         Ok(other) => {
             return Err(SourceError::Connect(format!(
-                "expected CONNACK from {}, got {other:?}",
-                endpoint.label()
+                "expected CONNACK from {server}, got {other:?}"
             )));
         }
         Err(error) => {
             return Err(SourceError::Connect(format!(
-                "{} (MQTT {}): {error}",
-                endpoint.label(),
+                "{server} (MQTT {}): {error}",
                 spec.protocol.label()
             )));
         }
     };
-    let session = session_memory(format!("{}/{client_id}", endpoint.label()));
+    let record_path = record_path(&context.state_dir, &context.bridge);
+    let previous = previous_record(&record_path, &context.bridge);
+    if let Some(old) = previous
+        .as_ref()
+        .filter(|old| !old.same_session(&server, &client_id))
+    {
+        // MQTT cannot tell what another session holds without taking it over (which
+        // would throw out whoever uses it now), so the bridge leaves it alone and says so.
+        tracing::warn!(
+            previous_client_id = %old.client_id,
+            previous_server = %old.server,
+            %client_id,
+            "this bridge's previous session `{}` on {} may still hold messages: queued \
+             there before `client_id` or `url` changed, they are not bridged by the new \
+             session. The old session is still subscribed to {:?} and goes on queueing \
+             until the broker expires it (MQTT 5: its session expiry; 3.1.1 on Mosquitto: \
+             persistent_client_expiration, never by default). To bridge what it holds, \
+             set the old client_id again; to end it, connect once under its client id \
+             with a clean session",
+            old.client_id,
+            old.server,
+            old.filters,
+        );
+    }
+    let recorded = previous
+        .as_ref()
+        .filter(|old| old.same_session(&server, &client_id))
+        .map(|old| old.filters.as_slice());
+    let session = session_memory(format!("{server}/{client_id}"));
     let wanted = spec.filters();
-    let (subscribe, unsubscribe) = session
+    let plan = session
         .lock()
         .expect("session lock")
-        .plan(session_present, &wanted);
+        .plan(session_present, &wanted, recorded);
     tracing::info!(
         %client_id,
         session_present,
-        subscribing = ?subscribe.iter().map(|(f, _)| f).collect::<Vec<_>>(),
-        unsubscribing = ?unsubscribe,
+        subscribing = ?plan.subscribe.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+        unsubscribing = ?plan.unsubscribe,
         "connected to the MQTT broker"
     );
-    for filter in &unsubscribe {
-        client
-            .try_unsubscribe(filter)
-            .map_err(|e| SourceError::Subscription(format!("unsubscribe `{filter}`: {e}")))?;
+    if plan.session_lost {
+        tracing::warn!(
+            %client_id,
+            "the broker has no session for this client id although this bridge had one \
+             (expired after its session expiry, dropped by the broker, or taken by a \
+             client with a clean session): messages published while broker-bridge was \
+             away were not kept for it"
+        );
     }
-    if !subscribe.is_empty() {
-        client
-            .try_subscribe(&subscribe)
-            .map_err(|e| SourceError::Subscription(e.to_string()))?;
+    if plan.filters_unknown {
+        tracing::info!(
+            %client_id,
+            "the session's filters from before this process are not recorded in the \
+             state_dir: a filter removed from `topics` while broker-bridge was stopped \
+             stays subscribed"
+        );
     }
 
     // For QoS 1 the broker's flow control bounds the queue and the driver must never
@@ -905,7 +1094,7 @@ pub async fn connect(
     };
     let (queue_tx, queue_rx) = mpsc::channel(queue_capacity);
     let (failed_tx, failed_rx) = watch::channel(None);
-    let (subscribed_tx, subscribed_rx) = oneshot::channel();
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let written: Written = Arc::default();
     let closed = CancellationToken::new();
     let broken = CancellationToken::new();
@@ -914,10 +1103,7 @@ pub async fn connect(
         client: client.clone(),
         queue: queue_tx,
         failed: failed_tx,
-        subscribing: (!subscribe.is_empty()).then(|| Subscribing {
-            filters: subscribe.clone(),
-            waiter: subscribed_tx,
-        }),
+        control: control_tx,
         written: written.clone(),
         closed: closed.clone(),
         broken: broken.clone(),
@@ -925,41 +1111,105 @@ pub async fn connect(
     tokio::spawn(driver.run().in_current_span());
     let acks = Arc::new(AckState {
         order: Mutex::new(InOrder::default()),
-        client,
+        client: client.clone(),
         written,
         session: session.clone(),
         broken,
         _close_connection: closed.drop_guard(),
     });
 
-    if !subscribe.is_empty() {
-        // Running means subscribed: wait for the SUBACK before reporting the bridge up.
-        let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed_rx).await;
-        match result {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(refused))) => return Err(SourceError::Subscription(refused)),
-            Ok(Err(_)) => {
-                let reason = failed_rx.borrow().clone().unwrap_or_default();
-                return Err(SourceError::Subscription(format!(
-                    "connection lost before the SUBACK: {reason}"
-                )));
+    // Running means subscribed: wait for the SUBACK before reporting the bridge up. New
+    // filters first, so a topic that an old and a new filter both cover always has a
+    // subscription.
+    if !plan.subscribe.is_empty() {
+        client
+            .try_subscribe(&plan.subscribe)
+            .map_err(|e| SourceError::Subscription(e.to_string()))?;
+        match next_control(&mut control_rx, &failed_rx, "SUBACK").await? {
+            Control::SubAck(results) => {
+                check_suback(&plan.subscribe, results).map_err(SourceError::Subscription)?
             }
-            Err(_) => {
-                return Err(SourceError::Subscription(format!(
-                    "no SUBACK within {}s",
-                    SUBSCRIBE_TIMEOUT.as_secs()
-                )));
+            Control::UnsubAck(_) => {
+                return Err(SourceError::Subscription(
+                    "the broker answered the SUBSCRIBE with an UNSUBACK".into(),
+                ));
             }
         }
     }
-    session.lock().expect("session lock").subscribed = wanted;
+    // Filters the broker refused to remove stay in the session, and in the memory, so
+    // the next connection tries again.
+    let mut still_subscribed = wanted.clone();
+    for filter in &plan.unsubscribe {
+        client
+            .try_unsubscribe(filter)
+            .map_err(|e| SourceError::Subscription(format!("unsubscribe `{filter}`: {e}")))?;
+        let refused = match next_control(&mut control_rx, &failed_rx, "UNSUBACK").await? {
+            Control::UnsubAck(results) => results.into_iter().find_map(Result::err),
+            Control::SubAck(_) => Some("answered with a SUBACK".to_owned()),
+        };
+        match refused {
+            None => tracing::info!(
+                %client_id,
+                "unsubscribed `{filter}` (no longer in `topics`): what the broker queued \
+                 for it before is still delivered and bridged (Mosquitto does; a broker \
+                 that drops it on UNSUBSCRIBE loses it)"
+            ),
+            Some(reason) => {
+                tracing::warn!(
+                    %client_id,
+                    "the broker refused to unsubscribe `{filter}` ({reason}): it stays \
+                     subscribed and its messages are bridged; retried on the next connection"
+                );
+                still_subscribed.push((filter.clone(), spec.qos));
+            }
+        }
+    }
+    keep_record(
+        &record_path,
+        &context.bridge,
+        SessionRecord {
+            server: server.clone(),
+            client_id: client_id.clone(),
+            filters: still_subscribed.iter().map(|(f, _)| f.clone()).collect(),
+        },
+        previous.as_ref(),
+    );
+    session.lock().expect("session lock").subscribed = still_subscribed;
 
     Ok(Box::new(MqttSource {
         queue: queue_rx,
         failed: failed_rx,
         acks,
-        origin: format!("{}://{}", endpoint.scheme(), endpoint.label()),
+        origin: format!("{}://{server}", endpoint.scheme()),
     }))
+}
+
+/// The broker's answer to a SUBSCRIBE or UNSUBSCRIBE, which `connect` sends one at a
+/// time and waits for.
+#[derive(Debug)]
+enum Control {
+    SubAck(Vec<Result<u8, String>>),
+    UnsubAck(Vec<Result<(), String>>),
+}
+
+async fn next_control(
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    failed: &watch::Receiver<Option<String>>,
+    what: &str,
+) -> Result<Control, SourceError> {
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, control.recv()).await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => {
+            let reason = failed.borrow().clone().unwrap_or_default();
+            Err(SourceError::Subscription(format!(
+                "connection lost before the {what}: {reason}"
+            )))
+        }
+        Err(_) => Err(SourceError::Subscription(format!(
+            "no {what} within {}s",
+            SUBSCRIBE_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// Drives one connection's event loop until it fails, or until the source and every
@@ -970,19 +1220,13 @@ struct Driver {
     queue: mpsc::Sender<Arrived>,
     /// Why the connection ended, for `next`.
     failed: watch::Sender<Option<String>>,
-    /// The SUBSCRIBE in flight, if any.
-    subscribing: Option<Subscribing>,
+    /// SUBACKs and UNSUBACKs, for `connect`.
+    control: mpsc::UnboundedSender<Control>,
     written: Written,
     /// Cancelled when the source and every acknowledgement handle are dropped.
     closed: CancellationToken,
     /// Cancelled when a PUBACK could not be queued.
     broken: CancellationToken,
-}
-
-/// The filters of a SUBSCRIBE and who waits for its SUBACK.
-struct Subscribing {
-    filters: Vec<(String, u8)>,
-    waiter: oneshot::Sender<Result<(), String>>,
 }
 
 impl Driver {
@@ -1005,11 +1249,12 @@ impl Driver {
                     // message stays unacknowledged and the broker resends it.
                     let _ = self.queue.send(arrived).await;
                 }
+                // Nobody waits once `connect` is done.
                 Ok(Event::SubAck(results)) => {
-                    if let Some(subscribing) = self.subscribing.take() {
-                        let result = check_suback(&subscribing.filters, results);
-                        let _ = subscribing.waiter.send(result);
-                    }
+                    let _ = self.control.send(Control::SubAck(results));
+                }
+                Ok(Event::UnsubAck(results)) => {
+                    let _ = self.control.send(Control::UnsubAck(results));
                 }
                 Ok(Event::PubAckWritten(pkid)) => {
                     let waiter = self.written.lock().expect("written lock").remove(&pkid);
@@ -1411,19 +1656,105 @@ mod tests {
     fn a_known_session_is_not_subscribed_again() {
         let mut memory = SessionMemory::default();
         let wanted = vec![("a/#".to_owned(), 1), ("b".to_owned(), 1)];
-        // First connection of the process: everything, even with a session present.
-        assert_eq!(memory.plan(true, &wanted), (wanted.clone(), vec![]));
+        let plan = |subscribe: &[(String, u8)], unsubscribe: &[&str]| Plan {
+            subscribe: subscribe.to_vec(),
+            unsubscribe: unsubscribe.iter().map(|f| f.to_string()).collect(),
+            session_lost: false,
+            filters_unknown: false,
+        };
+        // First connection of the process without a record: everything, and what the
+        // session had before is unknown.
+        assert_eq!(
+            memory.plan(true, &wanted, None),
+            Plan {
+                filters_unknown: true,
+                ..plan(&wanted, &[])
+            }
+        );
         memory.subscribed = wanted.clone();
         // Reconnect to the kept session: nothing.
-        assert_eq!(memory.plan(true, &wanted), (vec![], vec![]));
+        assert_eq!(memory.plan(true, &wanted, None), plan(&[], &[]));
         // The config changed: only the difference, and the removed filter goes.
         let changed = vec![("a/#".to_owned(), 1), ("c".to_owned(), 0)];
         assert_eq!(
-            memory.plan(true, &changed),
-            (vec![("c".to_owned(), 0)], vec!["b".to_owned()])
+            memory.plan(true, &changed, None),
+            plan(&[("c".to_owned(), 0)], &["b"])
         );
-        // The broker lost the session: everything again.
-        assert_eq!(memory.plan(false, &changed), (changed.clone(), vec![]));
+        // A QoS change subscribes the filter again and removes nothing.
+        let requalified = vec![("a/#".to_owned(), 0), ("b".to_owned(), 1)];
+        assert_eq!(
+            memory.plan(true, &requalified, None),
+            plan(&[("a/#".to_owned(), 0)], &[])
+        );
+        // The broker lost the session: everything again, and that is reported.
+        assert_eq!(
+            memory.plan(false, &changed, None),
+            Plan {
+                session_lost: true,
+                ..plan(&changed, &[])
+            }
+        );
+    }
+
+    #[test]
+    fn a_recorded_filter_removed_while_stopped_is_unsubscribed() {
+        let wanted = vec![("b".to_owned(), 1), ("c".to_owned(), 1)];
+        let recorded = ["a".to_owned(), "b".to_owned()];
+        // First connection of a new process to the recorded session: every filter, and
+        // the recorded one no longer wanted goes.
+        let plan = SessionMemory::default().plan(true, &wanted, Some(&recorded));
+        assert_eq!(plan.subscribe, wanted);
+        assert_eq!(plan.unsubscribe, vec!["a".to_owned()]);
+        assert!(!plan.session_lost && !plan.filters_unknown);
+        // What this process subscribed wins over the record.
+        let mut memory = SessionMemory {
+            subscribed: wanted.clone(),
+            ..Default::default()
+        };
+        assert!(
+            memory
+                .plan(true, &wanted, Some(&recorded))
+                .unsubscribe
+                .is_empty()
+        );
+        // No session although one was recorded: lost, and reported.
+        let plan = SessionMemory::default().plan(false, &wanted, Some(&recorded));
+        assert!(plan.session_lost && plan.unsubscribe.is_empty());
+        // No session and nothing known: a first start, nothing to report.
+        assert!(
+            !SessionMemory::default()
+                .plan(false, &wanted, None)
+                .session_lost
+        );
+    }
+
+    #[test]
+    fn the_session_record_survives_in_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = format!("record-{}", uuid::Uuid::now_v7());
+        let path = record_path(dir.path(), &bridge);
+        let record = SessionRecord {
+            server: "h:1883".into(),
+            client_id: "id".into(),
+            filters: vec!["a/#".into()],
+        };
+        keep_record(&path, &bridge, record.clone(), None);
+        // A new process (no copy in memory) reads it from the file.
+        RECORDS.lock().unwrap().remove(&bridge);
+        assert_eq!(previous_record(&path, &bridge), Some(record.clone()));
+        assert!(record.same_session("h:1883", "id"));
+        assert!(!record.same_session("h:1883", "other"));
+        // A damaged file is ignored (and written again on the next subscription).
+        std::fs::write(&path, "{not json").unwrap();
+        RECORDS.lock().unwrap().remove(&bridge);
+        assert_eq!(previous_record(&path, &bridge), None);
+        // A state_dir that cannot be written: the process still remembers.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, "a file, not a directory").unwrap();
+        let path = record_path(&blocked, &bridge);
+        keep_record(&path, &bridge, record.clone(), None);
+        assert!(!path.exists());
+        assert_eq!(previous_record(&path, &bridge), Some(record));
     }
 
     #[test]
@@ -1443,7 +1774,7 @@ mod tests {
         let fresh = memory.id_for(9, false, 1);
         assert_ne!(memory.id_for(9, false, 1), fresh);
         // A new session forgets everything.
-        memory.plan(false, &[]);
+        memory.plan(false, &[], None);
         assert!(memory.unacked.is_empty());
     }
 
