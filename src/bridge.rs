@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 use crate::config::BridgeSpec;
 use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
 use crate::metrics::BridgeMetrics;
-use crate::normalize::{Mapping, normalize_message};
+use crate::normalize::{Mapping, Reject, RejectReason, normalize_message};
 use crate::sources::{ConnectContext, ExchangeProbe, Incoming, Listeners, Source, SourceMetrics};
 
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
@@ -36,6 +36,9 @@ pub enum State {
     Reconnecting,
     /// The bridge task panicked; it starts again after a backoff.
     Restarting,
+    /// Stopped for good: going on would lose messages (e.g. the exchange refuses a
+    /// dead letter). A config change or a restart starts it again.
+    Failed,
     Draining,
     Stopped,
 }
@@ -100,7 +103,24 @@ struct Shared {
     publisher: PublisherSlot,
     metrics: Arc<BridgeMetrics>,
     retry: crate::backoff::BackoffConfig,
+    deadletter_sample_bytes: usize,
     faults: Faults,
+    /// Fires when the bridge must stop for good (the exchange refused a dead letter).
+    failed: CancellationToken,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Stops the bridge for good with this reason: it pulls nothing more, and shows
+    /// `failed` until its config changes or the daemon restarts.
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "the bridge stops: it cannot go on without losing messages");
+        self.failure
+            .lock()
+            .expect("failure lock")
+            .get_or_insert(reason);
+        self.failed.cancel();
+    }
 }
 
 /// Panics on purpose, for the tests of the supervision: a message whose payload holds
@@ -204,7 +224,10 @@ pub async fn run(
             publisher,
             metrics: metrics.clone(),
             retry: spec.backoff.clone(),
+            deadletter_sample_bytes: spec.deadletter_sample_bytes,
             faults: Faults::from_env(),
+            failed: CancellationToken::new(),
+            failure: Mutex::new(None),
         });
         let permits = Arc::new(Semaphore::new(spec.max_in_flight));
         let mut tasks = JoinSet::new();
@@ -255,6 +278,20 @@ pub async fn run(
                 break;
             }
         }
+        if shared.failed.is_cancelled() {
+            let failure = shared.failure.lock().expect("failure lock").clone();
+            metrics.failed.store(1, Relaxed);
+            status.update(|s| {
+                s.state = State::Failed;
+                s.last_error = failure;
+                s.connected_since = None;
+            });
+            // In-flight messages still finish; nothing new is pulled until the config
+            // changes (a reload restarts the bridge) or the daemon restarts.
+            while tasks.join_next().await.is_some() {}
+            stop.cancelled().await;
+            metrics.failed.store(0, Relaxed);
+        }
         status.update(|s| s.state = State::Draining);
         let drained = tokio::time::timeout(spec.shutdown_timeout, async {
             while tasks.join_next().await.is_some() {}
@@ -292,6 +329,7 @@ async fn pump(
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             _ = stop.cancelled() => return Ok(()),
+            _ = shared.failed.cancelled() => return Ok(()),
         };
         // Nothing is pulled while the exchange is down. (A replaced publisher reports
         // shut down at once; the send below then fails and is retried on the new one.)
@@ -303,6 +341,7 @@ async fn pump(
         let incoming = tokio::select! {
             incoming = source.next() => incoming?,
             _ = stop.cancelled() => return Ok(()),
+            _ = shared.failed.cancelled() => return Ok(()),
         };
         shared.metrics.received.fetch_add(1, Relaxed);
         shared.metrics.in_flight.fetch_add(1, Relaxed);
@@ -339,7 +378,7 @@ struct Message {
     meta: crate::normalize::Metadata,
     ack: Box<dyn crate::sources::Acker>,
     /// Usually one event; a notification document may hold several, or none.
-    normalized: Result<Vec<crate::normalize::Normalized>, crate::normalize::Reject>,
+    normalized: Result<Vec<crate::normalize::Normalized>, Reject>,
     received: Instant,
 }
 
@@ -386,11 +425,7 @@ impl Message {
     }
 
     /// Logs and counts a panic this message caused, and the rejection it becomes.
-    fn caught(
-        &self,
-        panic: &(dyn std::any::Any + Send),
-        shared: &Shared,
-    ) -> crate::normalize::Reject {
+    fn caught(&self, panic: &(dyn std::any::Any + Send), shared: &Shared) -> Reject {
         let panic = panic_text(panic);
         shared.metrics.panics.fetch_add(1, Relaxed);
         tracing::error!(
@@ -399,8 +434,8 @@ impl Message {
             %panic,
             "a message panicked the pipeline (a bug); dead-lettering it as internal_error"
         );
-        crate::normalize::Reject {
-            reason: crate::normalize::RejectReason::InternalError,
+        Reject {
+            reason: RejectReason::InternalError,
             detail: format!("broker-bridge panicked on this message: {panic}"),
         }
     }
@@ -421,6 +456,11 @@ impl Message {
                 reason: reject.reason.label(),
                 detail: &reject.detail,
                 subject: self.meta.subject.as_deref(),
+                sample_bytes: if reject.reason == RejectReason::TooLarge {
+                    shared.deadletter_sample_bytes
+                } else {
+                    usize::MAX
+                },
             })],
         }
     }
@@ -429,7 +469,7 @@ impl Message {
 /// Waits for the confirms of every event of the message, publishing each again until
 /// one comes, then acks the source once.
 async fn deliver(
-    message: Message,
+    mut message: Message,
     shared: Arc<Shared>,
     mut publisher: Arc<Publisher>,
     outbounds: Vec<Outbound>,
@@ -437,8 +477,44 @@ async fn deliver(
     _in_flight: InFlight,
     _permit: OwnedSemaphorePermit,
 ) {
+    let mut refused = None;
     for (index, (outbound, first)) in outbounds.into_iter().zip(first).enumerate() {
-        publisher = confirm_one(&message, &shared, publisher, index, outbound, first).await;
+        let confirmed;
+        (publisher, confirmed) =
+            confirm_one(&message, &shared, publisher, index, outbound, first).await;
+        if let Err(error) = confirmed {
+            refused = Some(error);
+            break;
+        }
+    }
+    if let Some(error) = refused {
+        if message.normalized.is_err() {
+            shared.fail(format!(
+                "the exchange refused a dead letter ({error}); the message stays unacknowledged at the source"
+            ));
+            return;
+        }
+        // The exchange refused an event for good: the message is dead-lettered instead
+        // (events of it already confirmed stay published).
+        let reason = match error {
+            PublishError::TooLarge { .. } => RejectReason::TooLarge,
+            PublishError::Unencodable(_) => RejectReason::TooLong,
+            _ => RejectReason::RejectedByExchange,
+        };
+        tracing::warn!(%error, reason = reason.label(), "the exchange refused an event; dead-lettering its message");
+        message.normalized = Err(Reject {
+            reason,
+            detail: format!("the exchange refused its event: {error}"),
+        });
+        let letter = message.outbounds(&publisher, &shared).swap_remove(0);
+        let first = publisher.send(&letter).await;
+        let (_, confirmed) = confirm_one(&message, &shared, publisher, 0, letter, first).await;
+        if let Err(error) = confirmed {
+            shared.fail(format!(
+                "the exchange refused a dead letter ({error}); the message stays unacknowledged at the source"
+            ));
+            return;
+        }
     }
     let dead_lettered = match &message.normalized {
         Ok(events) => {
@@ -466,8 +542,9 @@ async fn deliver(
     }
 }
 
-/// Waits for one event's confirm, publishing it again until one comes; returns the
-/// publisher it ended on.
+/// Waits for one outbound's confirm, publishing it again while the failure is
+/// transient; a permanent one (the broker refused it, or it can never be sent) is
+/// returned. Also returns the publisher it ended on.
 async fn confirm_one(
     message: &Message,
     shared: &Shared,
@@ -475,7 +552,7 @@ async fn confirm_one(
     index: usize,
     mut outbound: Outbound,
     first: Result<PendingConfirm, PublishError>,
-) -> Arc<Publisher> {
+) -> (Arc<Publisher>, Result<(), PublishError>) {
     let mut backoff = Backoff::new(shared.retry.clone());
     let mut attempt = match first {
         Ok(pending) => pending.confirmed().await,
@@ -484,6 +561,7 @@ async fn confirm_one(
     let delivered = loop {
         match attempt {
             Ok(delivered) => break delivered,
+            Err(error) if error.is_permanent() => return (publisher, Err(error)),
             Err(error) => {
                 shared.metrics.publish_retries.fetch_add(1, Relaxed);
                 tracing::debug!(%error, "publish failed; retrying");
@@ -502,7 +580,7 @@ async fn confirm_one(
         shared.metrics.unroutable.fetch_add(1, Relaxed);
         tracing::debug!(routing_key = %outbound.routing_key, "no queue bound for this routing key");
     }
-    publisher
+    (publisher, Ok(()))
 }
 
 /// Counts a message out of `bridge_in_flight` however its task ends (aborted included).

@@ -50,6 +50,8 @@ pub struct BridgeMetrics {
     pub restarts: AtomicU64,
     /// Panics caught in the bridge (a message's pipeline, or the bridge task itself).
     pub panics: AtomicU64,
+    /// 1 while the bridge is stopped for good (`failed` in `/bridges`).
+    pub failed: AtomicI64,
     pub source_lag: AtomicI64,
     pub end_to_end: Histogram,
     /// Webhook requests answered with an error before they became a message.
@@ -159,7 +161,7 @@ impl Registry {
         let labels =
             |name: &str, kind: &str| format!("bridge=\"{}\",kind=\"{}\"", escape(name), kind);
         type Get = fn(&BridgeMetrics) -> i64;
-        let simple: [(&str, &str, &str, Get); 8] = [
+        let simple: [(&str, &str, &str, Get); 9] = [
             (
                 "bridge_messages_received_total",
                 "counter",
@@ -207,6 +209,12 @@ impl Registry {
                 "counter",
                 "Panics caught in the bridge: bugs, each logged with a backtrace.",
                 |m| m.panics.load(Relaxed) as i64,
+            ),
+            (
+                "bridge_failed",
+                "gauge",
+                "1 while the bridge is stopped for good (the exchange refused a dead letter).",
+                |m| m.failed.load(Relaxed),
             ),
         ];
         for (name, kind, help, get) in simple {
@@ -360,6 +368,7 @@ mod tests {
             "bridge_up",
             "bridge_restarts_total",
             "bridge_panics_total",
+            "bridge_failed",
         ] {
             assert!(
                 text.contains(&format!("{name}{{bridge=\"orders\",kind=\"nats\"}} 0\n")),

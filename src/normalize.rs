@@ -58,6 +58,8 @@ pub enum RejectReason {
     TooLong,
     /// broker-bridge panicked on the message (a bug, logged with a backtrace).
     InternalError,
+    /// The exchange refused (nacked) the event made from it.
+    RejectedByExchange,
     InvalidJson,
     UnresolvedTemplate,
     InvalidCloudEvent,
@@ -65,7 +67,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::TooLarge,
         RejectReason::TooLong,
         RejectReason::InvalidJson,
@@ -73,6 +75,7 @@ impl RejectReason {
         RejectReason::InvalidCloudEvent,
         RejectReason::InvalidNotification,
         RejectReason::InternalError,
+        RejectReason::RejectedByExchange,
     ];
 
     pub fn label(self) -> &'static str {
@@ -84,6 +87,7 @@ impl RejectReason {
             RejectReason::InvalidCloudEvent => "invalid_cloudevent",
             RejectReason::InvalidNotification => "invalid_notification",
             RejectReason::InternalError => "internal_error",
+            RejectReason::RejectedByExchange => "rejected_by_exchange",
         }
     }
 }

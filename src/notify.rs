@@ -287,6 +287,7 @@ pub fn summarize(
         for (state, word) in [
             (State::Connecting, "connecting"),
             (State::Restarting, "restarting after a panic"),
+            (State::Failed, "failed (see /bridges)"),
             (State::Draining, "draining"),
             (State::Stopped, "stopped"),
         ] {

@@ -56,13 +56,12 @@ pub fn fitting_id(id: &str) -> std::borrow::Cow<'_, str> {
     if fits(id) {
         return id.into();
     }
-    let digest = Sha256::digest(id.as_bytes());
-    let mut text = String::with_capacity(7 + 64);
-    text.push_str("sha256:");
-    for byte in digest {
-        text.push_str(&format!("{byte:02x}"));
-    }
-    text.into()
+    format!("sha256:{}", lower_hex(&Sha256::digest(id.as_bytes()))).into()
+}
+
+/// Bytes as lower-case hex (digests in ids and headers).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks the attributes of an event that become short strings on the exchange in

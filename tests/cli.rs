@@ -220,6 +220,26 @@ fn check_rejects_names_and_keys_longer_than_amqp_allows() {
     assert_eq!(finished.code, Some(0), "{}", finished.stderr);
 }
 
+/// Nothing bigger than the exchange takes is ever configured: a bridge's
+/// `max_message_bytes`, or a dead letter's sample and headers.
+#[test]
+fn check_rejects_sizes_the_exchange_would_refuse() {
+    let dir = ConfigDir::new();
+    let config = dir.write(
+        "broker-bridge.toml",
+        &format!(
+            "[exchange]\nmax_message_size = 100000\n\n{}",
+            nats_bridge("big", "cli.big", "max_message_bytes = 200000")
+        ),
+    );
+    finish(&mut check(&config)).assert_rejected(&["`max_message_bytes`", "`big`", "100000"]);
+    let config = dir.write(
+        "broker-bridge.toml",
+        "[exchange]\nmax_message_size = 1000\n",
+    );
+    finish(&mut check(&config)).assert_rejected(&["`defaults.deadletter_sample_bytes`"]);
+}
+
 #[test]
 fn emit_refuses_an_id_longer_than_amqp_allows() {
     let finished = finish(&mut broker_bridge(&[

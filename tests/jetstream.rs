@@ -679,3 +679,188 @@ async fn an_existing_exchange_with_other_settings_is_never_changed() {
         daemon.log()
     );
 }
+
+// What the exchange refuses (issue 13): permanent refusals never loop and never take the
+// shared connection down.
+
+/// A queue that refuses every message routed to it (RabbitMQ nacks the publish).
+async fn refusing_queue(rabbit: &Rabbit, exchange: &str, pattern: &str) {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    rabbit.declare_exchange(exchange).await;
+    let queue = unique("full");
+    let arguments = FieldTable::from(std::collections::BTreeMap::from([
+        ("x-max-length".into(), AMQPValue::LongInt(0)),
+        (
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        ),
+        ("x-expires".into(), AMQPValue::LongInt(600_000)),
+    ]));
+    rabbit
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    rabbit
+        .channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// An event the exchange nacks is dead-lettered as `rejected_by_exchange` and its
+/// message acked; a bridge whose dead letter is nacked too stops as `failed` with its
+/// message still at the source, while the other bridge on the same connection goes on.
+#[tokio::test]
+async fn refused_events_are_dead_lettered_and_a_refused_dead_letter_fails_only_its_bridge() {
+    let (refused, stuck) = (JetStream::new().await, JetStream::new().await);
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let (bridge, failing) = (unique("b"), unique("f"));
+    refusing_queue(&rabbit, &exchange, &format!("event.acme.{bridge}.#")).await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.acme.{bridge}"))
+        .await;
+    refusing_queue(&rabbit, &exchange, &format!("event.acme.{failing}.#")).await;
+    refusing_queue(&rabbit, &exchange, &format!("deadletter.acme.{failing}")).await;
+    let bridges = bridge_table(&refused, &bridge, "") + &bridge_table(&stuck, &failing, "");
+    let daemon = Daemon::start(common::AMQP_URL, &exchange, &bridges).await;
+    daemon.wait_ready().await;
+
+    refused.send_many(&refused.subject, 3).await;
+    let letters = rabbit.take_exactly(&dead, 3, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 3, "log: {}", daemon.log());
+    for letter in &letters {
+        assert_eq!(
+            letter.header("x-bridge-reason").as_deref(),
+            Some("rejected_by_exchange")
+        );
+    }
+    eventually_async(
+        Duration::from_secs(10),
+        "the refused messages acked",
+        || async { refused.pending_at_source(&bridge).await == Some(0) },
+    )
+    .await;
+
+    stuck.send_many(&stuck.subject, 1).await;
+    eventually(Duration::from_secs(20), "the bridge failed", || {
+        daemon
+            .bridge_status(&failing)
+            .is_some_and(|b| b["status"]["state"] == "failed")
+    })
+    .await;
+    let status = daemon.bridge_status(&failing).unwrap();
+    assert!(
+        status["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused a dead letter")),
+        "{status}"
+    );
+    let metrics = daemon.metrics();
+    assert_eq!(
+        metrics.bridge("bridge_failed", &failing, "jetstream"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.bridge("bridge_failed", &bridge, "jetstream"),
+        Some(0.0)
+    );
+    assert_eq!(
+        stuck.pending_at_source(&failing).await,
+        Some(1),
+        "not acked"
+    );
+
+    // The shared connection stayed up: the other bridge goes on.
+    refused.send_many(&refused.subject, 1).await;
+    let more = rabbit.take_exactly(&dead, 1, Duration::from_secs(20)).await;
+    assert_eq!(more.len(), 1);
+    assert_eq!(
+        daemon.bridges()["exchange"]["connects"],
+        1,
+        "never reconnected"
+    );
+}
+
+/// An event that would be larger than `[exchange] max_message_size` is never sent (it
+/// would make RabbitMQ close the shared channel): it is dead-lettered as `too_large`,
+/// and so is a message over `max_message_bytes`, each as a bounded envelope: the first
+/// `deadletter_sample_bytes`, the full size and a SHA-256.
+#[tokio::test]
+async fn oversized_messages_are_dead_lettered_as_bounded_envelopes() {
+    use sha2::Digest;
+    let source = JetStream::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.acme.{bridge}"))
+        .await;
+    let bridges = bridge_table(&source, &bridge, "max_message_bytes = 16000");
+    let daemon = Daemon::start_with_text(
+        tempfile::tempdir().unwrap(),
+        common::AMQP_URL,
+        &exchange,
+        |port| {
+            common::config_text(common::AMQP_URL, &exchange, port, &bridges)
+                .replace(
+                    "confirm_timeout = \"5s\"",
+                    "confirm_timeout = \"5s\"\nmax_message_size = 16384",
+                )
+                .replace(
+                    "[defaults]\n",
+                    "[defaults]\ndeadletter_sample_bytes = 1024\n",
+                )
+        },
+    )
+    .await;
+    daemon.wait_ready().await;
+    // Bytes, not JSON: base64 in the structured event makes it larger than 16384.
+    let binary: Vec<u8> = (0..15_000u32).map(|i| (i % 251) as u8).collect();
+    let json = format!("{{\"pad\":\"{}\"}}", "x".repeat(16_100));
+    for payload in [binary.clone(), json.clone().into_bytes()] {
+        source
+            .send(&payload, &[("Content-Type", "application/octet-stream")])
+            .await;
+    }
+    let letters = rabbit.take_exactly(&dead, 2, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 2, "log: {}", daemon.log());
+    for (letter, original) in letters.iter().zip([&binary, json.as_bytes()]) {
+        assert_eq!(
+            letter.header("x-bridge-reason").as_deref(),
+            Some("too_large")
+        );
+        assert_eq!(letter.body, original[..1024], "the first bytes");
+        assert_eq!(
+            letter.header("x-bridge-original-size"),
+            Some(original.len().to_string())
+        );
+        let digest: String = sha2::Sha256::digest(original)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(letter.header("x-bridge-original-sha256"), Some(digest));
+        assert_eq!(letter.header("x-bridge-truncated").as_deref(), Some("true"));
+    }
+    eventually_async(Duration::from_secs(10), "both acked", || async {
+        source.pending_at_source(&bridge).await == Some(0)
+    })
+    .await;
+    assert_eq!(
+        daemon.bridges()["exchange"]["connects"],
+        1,
+        "never reconnected"
+    );
+}

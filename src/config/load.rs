@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::{BridgeSpec, CommonKeys, Config, PayloadFormat, TopLevel, fields};
 use crate::short_string::MAX_SHORT_STRING;
+
+/// Room for a dead letter's headers besides its body sample (each header is capped).
+pub const DEADLETTER_HEADROOM: usize = 8 * 1024;
 use crate::sources;
 use crate::template::Template;
 
@@ -478,6 +481,20 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
     if let Err(e) = exchange.url.parse::<lapin::uri::AMQPUri>() {
         return Err(exchange_error("url", &format!("not an AMQP URL: {e}")));
     }
+    // A dead letter carries its sample plus bounded headers (DEADLETTER_HEADROOM).
+    let deadletter_size = top
+        .defaults
+        .deadletter_sample_bytes
+        .saturating_add(DEADLETTER_HEADROOM);
+    if deadletter_size > exchange.max_message_size {
+        return Err(ConfigError::Key {
+            key: "defaults.deadletter_sample_bytes".into(),
+            message: format!(
+                "a dead letter of {deadletter_size} bytes (the sample and its headers) would not fit `exchange.max_message_size` = {}",
+                exchange.max_message_size
+            ),
+        });
+    }
     if top.defaults.tenant.is_empty() {
         return Err(ConfigError::Key {
             key: "defaults.tenant".into(),
@@ -487,7 +504,7 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
     let mut names = HashSet::new();
     let mut bridges = Vec::with_capacity(top.bridge.len());
     for (index, raw) in top.bridge.into_iter().enumerate() {
-        let spec = build_bridge(raw, index, &top.defaults)?;
+        let spec = build_bridge(raw, index, &top.defaults, exchange.max_message_size)?;
         spec.source
             .check(&spec, &exchange)
             .map_err(|message| ConfigError::Bridge {
@@ -525,6 +542,7 @@ fn build_bridge(
     raw: Value,
     index: usize,
     defaults: &super::Defaults,
+    exchange_max_message_size: usize,
 ) -> Result<BridgeSpec, ConfigError> {
     let label = bridge_label(&raw, index);
     let Value::Object(mut table) = raw else {
@@ -622,6 +640,14 @@ fn build_bridge(
     if max_message_bytes == 0 {
         return Err(key_error("max_message_bytes", "must be at least 1".into()));
     }
+    if max_message_bytes > exchange_max_message_size {
+        return Err(key_error(
+            "max_message_bytes",
+            format!(
+                "is larger than `exchange.max_message_size` = {exchange_max_message_size}, the largest message the exchange takes"
+            ),
+        ));
+    }
     Ok(BridgeSpec {
         source_name: common.source_name.unwrap_or_else(|| common.name.clone()),
         name: common.name,
@@ -636,6 +662,7 @@ fn build_bridge(
         shutdown_timeout: common.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
         backoff: common.backoff.unwrap_or_else(|| defaults.backoff.clone()),
         state_dir: defaults.state_dir.clone(),
+        deadletter_sample_bytes: defaults.deadletter_sample_bytes,
         source,
     })
 }

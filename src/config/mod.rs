@@ -70,7 +70,14 @@ pub struct ExchangeConfig {
     #[serde(with = "duration")]
     pub confirm_timeout: Duration,
     pub backoff: BackoffConfig,
+    /// The largest message the broker takes (RabbitMQ's `max_message_size`). A message
+    /// over it would make RabbitMQ close the shared channel, so it is never sent: an
+    /// event that would be larger is dead-lettered as `too_large`.
+    pub max_message_size: usize,
 }
+
+/// RabbitMQ 4's default `max_message_size`.
+pub const RABBITMQ_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 impl Default for ExchangeConfig {
     fn default() -> Self {
@@ -85,6 +92,7 @@ impl Default for ExchangeConfig {
             deadletter: None,
             confirm_timeout: Duration::from_secs(30),
             backoff: BackoffConfig::default(),
+            max_message_size: RABBITMQ_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -142,6 +150,9 @@ pub struct Defaults {
     /// Where kinds with a cursor of their own (`s3`, `calendar`) keep it; one file set per
     /// bridge.
     pub state_dir: std::path::PathBuf,
+    /// How many bytes of a `too_large` message its dead letter carries (with the full
+    /// size and a SHA-256 of the whole).
+    pub deadletter_sample_bytes: usize,
 }
 
 impl Default for Defaults {
@@ -153,6 +164,7 @@ impl Default for Defaults {
             shutdown_timeout: Duration::from_secs(10),
             backoff: BackoffConfig::default(),
             state_dir: "/var/lib/broker-bridge".into(),
+            deadletter_sample_bytes: 64 * 1024,
         }
     }
 }
@@ -220,6 +232,8 @@ pub struct BridgeSpec {
     pub backoff: BackoffConfig,
     /// `[defaults] state_dir`.
     pub state_dir: std::path::PathBuf,
+    /// `[defaults] deadletter_sample_bytes`.
+    pub deadletter_sample_bytes: usize,
     pub source: SourceSpec,
 }
 

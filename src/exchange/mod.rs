@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use sha2::Digest;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,7 @@ use crate::cloudevent::CloudEvent;
 const STRUCTURED_CONTENT_TYPE_UTF8: &str = "application/cloudevents+json; charset=utf-8";
 use crate::config::{ContentMode, ExchangeConfig};
 use crate::metrics::Registry;
-use crate::short_string::{BINARY_HEADER_PREFIX, TooLong, constant, short_string};
+use crate::short_string::{BINARY_HEADER_PREFIX, TooLong, constant, lower_hex, short_string};
 
 /// A value `normalize` should have kept within bounds but did not: logged, left out.
 fn fitting(checked: Result<ShortString, TooLong>) -> Option<ShortString> {
@@ -38,6 +39,12 @@ pub const REASON_HEADER: &str = "x-bridge-reason";
 pub const BRIDGE_HEADER: &str = "x-bridge-name";
 /// Header with the subject/topic/routing key the message arrived on.
 pub const SUBJECT_HEADER: &str = "x-bridge-subject";
+/// Headers of a dead letter that carries only the start of its message.
+pub const ORIGINAL_SIZE_HEADER: &str = "x-bridge-original-size";
+pub const ORIGINAL_SHA256_HEADER: &str = "x-bridge-original-sha256";
+pub const TRUNCATED_HEADER: &str = "x-bridge-truncated";
+/// The most bytes of text a dead-letter header carries (the error, the subject).
+pub const MAX_DEADLETTER_HEADER_BYTES: usize = 1024;
 
 /// A message that could not become a CloudEvent, and why.
 pub struct DeadLetter<'a> {
@@ -51,6 +58,9 @@ pub struct DeadLetter<'a> {
     /// What exactly was wrong, for people.
     pub detail: &'a str,
     pub subject: Option<&'a str>,
+    /// A payload longer than this travels as an envelope: its first `sample_bytes`
+    /// bytes, its size and its SHA-256.
+    pub sample_bytes: usize,
 }
 
 /// A message ready to publish: exchange, routing key, properties and body.
@@ -84,6 +94,20 @@ pub enum PublishError {
     ShutDown,
     #[error("cannot encode the message: {0}")]
     Unencodable(String),
+    #[error("the message is {size} bytes, over exchange.max_message_size = {limit}")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl PublishError {
+    /// Whether publishing this same message again cannot succeed: the broker refused
+    /// it, or it can never be sent. Anything else (a lost connection, a missing
+    /// confirm) is worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Nacked | PublishError::Unencodable(_) | PublishError::TooLarge { .. }
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -172,6 +196,13 @@ impl Publisher {
     /// Calling `send` in order keeps events in order on the exchange; the confirms can
     /// then be awaited concurrently.
     pub async fn send(&self, message: &Outbound) -> Result<PendingConfirm, PublishError> {
+        // RabbitMQ closes the channel (every bridge's) on a message over its limit.
+        if message.body.len() > self.config.max_message_size {
+            return Err(PublishError::TooLarge {
+                size: message.body.len(),
+                limit: self.config.max_message_size,
+            });
+        }
         let Some(Current {
             generation,
             channel,
@@ -267,12 +298,17 @@ impl Publisher {
     }
 
     /// The dead-letter copy of a message: original bytes and content type, the reason.
+    /// It always fits: header texts are capped, and a payload over `sample_bytes`
+    /// travels as its first bytes with its size and SHA-256.
     pub fn deadletter_message(&self, letter: DeadLetter<'_>) -> Outbound {
         let mut headers = FieldTable::default();
         let mut put = |name: &'static str, value: &str| {
             headers.insert(
                 constant(name),
-                AMQPValue::LongString(LongString::from(value)),
+                AMQPValue::LongString(LongString::from(&*capped(
+                    value,
+                    MAX_DEADLETTER_HEADER_BYTES,
+                ))),
             );
         };
         put(ERROR_HEADER, letter.detail);
@@ -280,6 +316,14 @@ impl Publisher {
         put(BRIDGE_HEADER, letter.bridge);
         if let Some(subject) = letter.subject {
             put(SUBJECT_HEADER, subject);
+        }
+        let mut body = letter.payload;
+        if body.len() > letter.sample_bytes {
+            let digest = sha2::Sha256::digest(&body);
+            put(ORIGINAL_SIZE_HEADER, &body.len().to_string());
+            put(ORIGINAL_SHA256_HEADER, &lower_hex(&digest));
+            put(TRUNCATED_HEADER, "true");
+            body.truncate(letter.sample_bytes);
         }
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -296,9 +340,21 @@ impl Publisher {
             exchange: self.deadletter_exchange().to_owned(),
             routing_key: letter.routing_key,
             properties,
-            body: letter.payload,
+            body,
         }
     }
+}
+
+/// `text`, cut to at most `max` bytes on a character boundary (with `…` when cut).
+fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
 }
 
 /// Tells the connection manager that the connection of `generation` failed.
@@ -486,4 +542,57 @@ async fn declare(
             arguments,
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(outbound: &Outbound, name: &str) -> Option<String> {
+        match outbound.properties.headers().as_ref()?.inner().get(name)? {
+            AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_letters_always_fit() {
+        let publisher = Publisher::start(
+            ExchangeConfig {
+                // Nothing listens there: encoding needs no connection.
+                url: "amqp://127.0.0.1:1/%2f".into(),
+                ..Default::default()
+            },
+            Arc::new(Registry::default()),
+        );
+        let detail = "é".repeat(3000);
+        let subject = "s".repeat(70_000);
+        let letter = |payload: &[u8], sample_bytes| DeadLetter {
+            routing_key: "deadletter.acme.orders".into(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+            content_type: Some("application/x-long-content-type-that-does-not-fit"),
+            bridge: "orders",
+            reason: "too_large",
+            detail: &detail,
+            subject: Some(&subject),
+            sample_bytes,
+        };
+        let out = publisher.deadletter_message(letter(b"abc", usize::MAX));
+        let error = header(&out, ERROR_HEADER).unwrap();
+        assert!(error.len() <= MAX_DEADLETTER_HEADER_BYTES && error.ends_with('…'));
+        assert!(header(&out, SUBJECT_HEADER).unwrap().len() <= MAX_DEADLETTER_HEADER_BYTES);
+        assert_eq!(&out.body[..], b"abc", "a small payload travels whole");
+        assert_eq!(header(&out, TRUNCATED_HEADER), None);
+
+        let big = vec![7u8; 10_000];
+        let out = publisher.deadletter_message(letter(&big, 100));
+        assert_eq!(out.body.len(), 100);
+        assert_eq!(header(&out, ORIGINAL_SIZE_HEADER).as_deref(), Some("10000"));
+        assert_eq!(
+            header(&out, ORIGINAL_SHA256_HEADER).map(|h| h.len()),
+            Some(64)
+        );
+        assert_eq!(header(&out, TRUNCATED_HEADER).as_deref(), Some("true"));
+        publisher.shutdown();
+    }
 }

@@ -1203,7 +1203,7 @@ fn metadata(delivery: &Delivery, source_uri: &str, received: DateTime<Utc>) -> M
 }
 
 /// The AMQP headers as text, so templates and the binary CloudEvent parser can read them.
-fn headers_of(properties: &BasicProperties) -> Vec<(String, String)> {
+pub fn headers_of(properties: &BasicProperties) -> Vec<(String, String)> {
     let Some(table) = properties.headers() else {
         return Vec::new();
     };
@@ -1323,6 +1323,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(1),
             backoff: Default::default(),
             state_dir: Default::default(),
+            deadletter_sample_bytes: 65536,
             source: SourceSpec::Amqp(spec.clone()),
         }
     }
