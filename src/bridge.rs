@@ -229,13 +229,18 @@ pub async fn run(
             failed: CancellationToken::new(),
             failure: Mutex::new(None),
         });
-        let permits = Arc::new(Semaphore::new(spec.max_in_flight));
+        let permits = Bounds {
+            messages: Arc::new(Semaphore::new(spec.max_in_flight)),
+            bytes: Arc::new(Semaphore::new(spec.max_in_flight_bytes)),
+            max_bytes: spec.max_in_flight_bytes,
+        };
         let mut tasks = JoinSet::new();
         let mut backoff = Backoff::new(spec.backoff.clone());
         let exchange = shared.publisher.clone();
         let context = ConnectContext {
             bridge: spec.name.clone(),
             max_in_flight: spec.max_in_flight,
+            max_in_flight_bytes: spec.max_in_flight_bytes,
             max_message_bytes: spec.max_message_bytes,
             metrics: SourceMetrics::new(metrics.clone()),
             state_dir: spec.state_dir.clone(),
@@ -317,17 +322,31 @@ pub async fn run(
 }
 
 /// Pulls until the source fails (`Err`) or `stop` fires (`Ok`).
+/// What a bridge holds unacknowledged at most: `max_in_flight` messages and
+/// `max_in_flight_bytes` of payload.
+struct Bounds {
+    messages: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+/// A message's share of the bounds, given back when its task ends (acked or not).
+struct Permits {
+    _message: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
 async fn pump(
     mut source: Box<dyn Source>,
     shared: &Arc<Shared>,
-    permits: &Arc<Semaphore>,
+    permits: &Bounds,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
 ) -> Result<(), crate::sources::SourceError> {
     loop {
         // Backpressure: no permit, no pull. Permits come back only after the ack.
         let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            permit = permits.messages.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             _ = stop.cancelled() => return Ok(()),
             _ = shared.failed.cancelled() => return Ok(()),
         };
@@ -342,6 +361,19 @@ async fn pump(
             incoming = source.next() => incoming?,
             _ = stop.cancelled() => return Ok(()),
             _ = shared.failed.cancelled() => return Ok(()),
+        };
+        // The byte bound: nothing more is pulled until the payloads in flight fit it
+        // again (a message larger than the whole bound takes all of it). Dropping the
+        // message here leaves it unacknowledged for redelivery.
+        let size = incoming.payload.len().clamp(1, permits.max_bytes) as u32;
+        let bytes = tokio::select! {
+            bytes = permits.bytes.clone().acquire_many_owned(size) => bytes.expect("semaphore is never closed"),
+            _ = stop.cancelled() => return Ok(()),
+            _ = shared.failed.cancelled() => return Ok(()),
+        };
+        let permit = Permits {
+            _message: permit,
+            _bytes: bytes,
         };
         shared.metrics.received.fetch_add(1, Relaxed);
         shared.metrics.in_flight.fetch_add(1, Relaxed);
@@ -475,7 +507,7 @@ async fn deliver(
     outbounds: Vec<Outbound>,
     first: Vec<Result<PendingConfirm, PublishError>>,
     _in_flight: InFlight,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permits,
 ) {
     let mut refused = None;
     for (index, (outbound, first)) in outbounds.into_iter().zip(first).enumerate() {

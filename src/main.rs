@@ -145,7 +145,20 @@ fn init_logging(format: LogFormat) {
     }));
 }
 
+/// The stack of every thread: lapin parses (and drops) nested AMQP header tables
+/// recursively, and one content frame (RabbitMQ's default `frame_max`, 128 KiB) can
+/// nest about 18,000 tables deep; a smaller stack would let one message abort the whole
+/// process, on every redelivery. Reserved address space; pages are used only as deep as
+/// a thread actually goes.
+const THREAD_STACK_BYTES: usize = 256 * 1024 * 1024;
+
 fn main() -> ExitCode {
+    // Threads that libraries spawn with the default stack (lapin's I/O loop) take
+    // RUST_MIN_STACK, which std reads at the first spawn.
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_MIN_STACK", THREAD_STACK_BYTES.to_string()) };
+    }
     let cli = Cli::parse();
     // Runs every few seconds in a container: no runtime, no logging set-up.
     if let Command::Probe { url } = &cli.command {
@@ -164,6 +177,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     broker_bridge::crypto::install_default_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -52,6 +52,8 @@ pub struct BridgeMetrics {
     pub panics: AtomicU64,
     /// 1 while the bridge is stopped for good (`failed` in `/bridges`).
     pub failed: AtomicI64,
+    /// Messages a source without flow control (core NATS) had no room for.
+    pub dropped_overflow: AtomicU64,
     pub source_lag: AtomicI64,
     pub end_to_end: Histogram,
     /// Webhook requests answered with an error before they became a message.
@@ -227,6 +229,20 @@ impl Registry {
                     get(&entry.metrics)
                 );
             }
+        }
+        header(
+            &mut out,
+            "bridge_events_dropped_total",
+            "counter",
+            "Messages dropped, by reason: overflow, a source without flow control (core NATS) outran max_in_flight_bytes.",
+        );
+        for (bridge, entry) in bridges.iter() {
+            let _ = writeln!(
+                out,
+                "bridge_events_dropped_total{{{},reason=\"overflow\"}} {}",
+                labels(bridge, entry.kind),
+                entry.metrics.dropped_overflow.load(Relaxed)
+            );
         }
         header(
             &mut out,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::cloudevent::{
@@ -293,7 +293,13 @@ pub fn normalize(
         .time_pointer
         .as_deref()
         .and_then(|pointer| time_from_json(json.as_ref()?.pointer(pointer)?));
-    let time = payload_time.or(meta.time).unwrap_or(meta.received);
+    // RFC 3339 has four-digit years: a time outside them (a bogus transport
+    // timestamp, a huge `time_field` number) is unusable, like an unparsable one.
+    let representable = |time: &DateTime<Utc>| (0..=9999).contains(&time.year());
+    let time = payload_time
+        .filter(representable)
+        .or(meta.time.filter(representable))
+        .unwrap_or(meta.received);
 
     let mut extensions = BTreeMap::new();
     for (name, value) in &meta.extensions {

@@ -634,6 +634,15 @@ fn build_bridge(
     if max_in_flight == 0 {
         return Err(key_error("max_in_flight", "must be at least 1".into()));
     }
+    let max_in_flight_bytes = common
+        .max_in_flight_bytes
+        .unwrap_or(defaults.max_in_flight_bytes);
+    if max_in_flight_bytes == 0 || max_in_flight_bytes > u32::MAX as usize {
+        return Err(key_error(
+            "max_in_flight_bytes",
+            format!("must be 1 to {} (4 GiB)", u32::MAX),
+        ));
+    }
     let max_message_bytes = common
         .max_message_bytes
         .unwrap_or(defaults.max_message_bytes);
@@ -658,6 +667,7 @@ fn build_bridge(
         format: common.format,
         content_type: common.content_type,
         max_in_flight,
+        max_in_flight_bytes,
         max_message_bytes,
         shutdown_timeout: common.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
         backoff: common.backoff.unwrap_or_else(|| defaults.backoff.clone()),

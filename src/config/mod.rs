@@ -143,6 +143,8 @@ impl Default for WebhookConfig {
 pub struct Defaults {
     pub tenant: String,
     pub max_in_flight: usize,
+    /// Payload bytes a bridge holds unacknowledged at most (with `max_in_flight`).
+    pub max_in_flight_bytes: usize,
     pub max_message_bytes: usize,
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -160,6 +162,7 @@ impl Default for Defaults {
         Self {
             tenant: "default".into(),
             max_in_flight: 256,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             max_message_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             backoff: BackoffConfig::default(),
@@ -203,6 +206,7 @@ pub(crate) struct CommonKeys {
     pub format: PayloadFormat,
     pub content_type: Option<String>,
     pub max_in_flight: Option<usize>,
+    pub max_in_flight_bytes: Option<usize>,
     pub max_message_bytes: Option<usize>,
     #[serde(default, with = "duration::option")]
     pub shutdown_timeout: Option<Duration>,
@@ -226,6 +230,7 @@ pub struct BridgeSpec {
     pub format: PayloadFormat,
     pub content_type: Option<String>,
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
     pub max_message_bytes: usize,
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,

@@ -1214,22 +1214,44 @@ pub fn headers_of(properties: &BasicProperties) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Nested header tables and arrays deeper than this are not converted further.
+const MAX_HEADER_DEPTH: usize = 16;
+/// The longest text one header value becomes (nested tables as JSON are cut here).
+const MAX_HEADER_TEXT: usize = 64 * 1024;
+
 /// One header value as text: strings as they are, numbers and booleans as written,
-/// timestamps in RFC 3339, byte arrays in base64, nested tables and arrays as JSON.
+/// timestamps in RFC 3339, byte arrays in base64, nested tables and arrays as JSON. A
+/// header is outside data: nesting stops at `MAX_HEADER_DEPTH` and the text at
+/// `MAX_HEADER_TEXT` bytes.
 fn header_text(value: &AMQPValue) -> String {
-    match value {
+    let mut text = match value {
         AMQPValue::ShortString(text) => text.as_str().to_owned(),
         AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
-        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => to_json(value).to_string(),
-        other => match to_json(other) {
+        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => to_json(value, 0).to_string(),
+        other => match to_json(other, 0) {
             Value::String(text) => text,
             Value::Null => String::new(),
             json => json.to_string(),
         },
+    };
+    if text.len() > MAX_HEADER_TEXT {
+        let mut end = MAX_HEADER_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
+    text
 }
 
-fn to_json(value: &AMQPValue) -> Value {
+fn to_json(value: &AMQPValue, depth: usize) -> Value {
+    let nested = |value: &AMQPValue| {
+        if depth >= MAX_HEADER_DEPTH {
+            Value::String(format!("(nested deeper than {MAX_HEADER_DEPTH} levels)"))
+        } else {
+            to_json(value, depth + 1)
+        }
+    };
     match value {
         AMQPValue::Boolean(flag) => Value::Bool(*flag),
         AMQPValue::ShortShortInt(n) => Value::from(*n),
@@ -1248,9 +1270,7 @@ fn to_json(value: &AMQPValue) -> Value {
         AMQPValue::LongString(text) => {
             Value::String(String::from_utf8_lossy(text.as_bytes()).into_owned())
         }
-        AMQPValue::FieldArray(items) => {
-            Value::Array(items.as_slice().iter().map(to_json).collect())
-        }
+        AMQPValue::FieldArray(items) => Value::Array(items.as_slice().iter().map(nested).collect()),
         AMQPValue::Timestamp(seconds) => match i64::try_from(*seconds)
             .ok()
             .and_then(|s| Utc.timestamp_opt(s, 0).single())
@@ -1262,7 +1282,7 @@ fn to_json(value: &AMQPValue) -> Value {
             table
                 .inner()
                 .iter()
-                .map(|(name, value)| (name.as_str().to_owned(), to_json(value)))
+                .map(|(name, value)| (name.as_str().to_owned(), nested(value)))
                 .collect(),
         ),
         AMQPValue::ByteArray(bytes) => {
@@ -1324,6 +1344,7 @@ mod tests {
             backoff: Default::default(),
             state_dir: Default::default(),
             deadletter_sample_bytes: 65536,
+            max_in_flight_bytes: 1 << 20,
             source: SourceSpec::Amqp(spec.clone()),
         }
     }
@@ -1548,6 +1569,23 @@ mod tests {
             get("x-single-active-consumer"),
             Some(AMQPValue::Boolean(true))
         );
+    }
+
+    #[test]
+    fn header_conversion_is_bounded_in_depth_and_size() {
+        let mut value = AMQPValue::LongString("bottom".into());
+        for _ in 0..100 {
+            let mut table = FieldTable::default();
+            table.insert("n".into(), value);
+            value = AMQPValue::FieldTable(table);
+        }
+        let text = header_text(&value);
+        assert!(text.contains("nested deeper than 16 levels"), "{text}");
+        assert!(!text.contains("bottom"));
+        let wide = AMQPValue::FieldArray(
+            vec![AMQPValue::LongString("é".repeat(1000).as_str().into()); 100].into(),
+        );
+        assert!(header_text(&wide).len() <= MAX_HEADER_TEXT);
     }
 
     #[test]

@@ -321,6 +321,9 @@ pub struct TlsOptions {
 pub struct ConnectContext {
     pub bridge: String,
     pub max_in_flight: usize,
+    /// A source that must buffer on its own (core NATS, which has no flow control)
+    /// holds at most this many payload bytes.
+    pub max_in_flight_bytes: usize,
     pub max_message_bytes: usize,
     /// The bridge's series a source reports to: `bridge_source_lag` (a source that can
     /// tell how far behind it is, e.g. JetStream pending or Kafka consumer lag, sets it
@@ -398,6 +401,16 @@ impl SourceMetrics {
             metrics
                 .source_lag
                 .store(lag, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `bridge_events_dropped_total{reason="overflow"}`: a message a source without flow
+    /// control (core NATS) had no room for.
+    pub fn drop_overflow(&self) {
+        if let Some(metrics) = &self.0 {
+            metrics
+                .dropped_overflow
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

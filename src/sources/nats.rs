@@ -259,10 +259,64 @@ fn headers_of(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> 
 }
 
 struct CoreSource {
-    subscriber: async_nats::Subscriber,
+    buffered: tokio::sync::mpsc::UnboundedReceiver<async_nats::Message>,
+    /// Payload bytes in `buffered`, shared with the reader that fills it.
+    buffered_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     server: String,
+    reader: tokio::task::JoinHandle<()>,
     // Kept so the connection lives as long as the subscription.
     _client: async_nats::Client,
+}
+
+impl Drop for CoreSource {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Core NATS has no flow control: the server pushes whatever is published, and a
+/// subscriber that does not keep up would buffer without limit. A reader drains the
+/// subscription into a buffer of at most `max_bytes` payload bytes and drops (and
+/// counts, `bridge_events_dropped_total{reason="overflow"}`) what does not fit, as
+/// core NATS's at-most-once contract allows.
+fn spawn_reader(
+    mut subscriber: async_nats::Subscriber,
+    max_bytes: usize,
+    metrics: SourceMetrics,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<async_nats::Message>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (sender, buffered) = tokio::sync::mpsc::unbounded_channel();
+    let bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = bytes.clone();
+    let reader = tokio::spawn(async move {
+        let mut dropped_since_warning = 0u64;
+        while let Some(message) = subscriber.next().await {
+            let size = message.payload.len();
+            // One message always fits an empty buffer, whatever its size.
+            let held = counted.load(Relaxed);
+            if held > 0 && held + size > max_bytes {
+                metrics.drop_overflow();
+                dropped_since_warning += 1;
+                if dropped_since_warning.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = dropped_since_warning,
+                        max_in_flight_bytes = max_bytes,
+                        "core NATS messages arrive faster than the exchange takes them; dropping what does not fit (at-most-once)"
+                    );
+                }
+                continue;
+            }
+            counted.fetch_add(size, Relaxed);
+            if sender.send(message).is_err() {
+                return;
+            }
+        }
+    });
+    (buffered, bytes, reader)
 }
 
 pub async fn connect_core(
@@ -276,9 +330,16 @@ pub async fn connect_core(
         None => client.subscribe(subject).await,
     }
     .map_err(|e| SourceError::Subscription(e.to_string()))?;
-    Ok(Box::new(CoreSource {
+    let (buffered, buffered_bytes, reader) = spawn_reader(
         subscriber,
+        context.max_in_flight_bytes.max(1),
+        context.metrics.clone(),
+    );
+    Ok(Box::new(CoreSource {
+        buffered,
+        buffered_bytes,
         server: server_label(&spec.connection.url),
+        reader,
         _client: client,
     }))
 }
@@ -287,10 +348,12 @@ pub async fn connect_core(
 impl Source for CoreSource {
     async fn next(&mut self) -> Result<Incoming, SourceError> {
         let message = self
-            .subscriber
-            .next()
+            .buffered
+            .recv()
             .await
             .ok_or_else(|| SourceError::Subscription("the subscription ended".into()))?;
+        self.buffered_bytes
+            .fetch_sub(message.payload.len(), std::sync::atomic::Ordering::Relaxed);
         let headers = headers_of(message.headers.as_ref());
         let subject = message.subject.to_string();
         let meta = Metadata {

@@ -906,12 +906,21 @@ impl S3Source {
             let Ok(object) = object else {
                 return Ok(());
             };
-            let body = object
-                .body
-                .collect()
+            // The object may have grown since the HEAD: the bound holds on the stream.
+            let limit = usize::try_from(self.spec.inline_max_bytes).unwrap_or(usize::MAX);
+            let mut stream = object.body;
+            let mut body = Vec::with_capacity((size.max(0) as usize).min(limit));
+            while let Some(chunk) = stream
+                .try_next()
                 .await
                 .map_err(|e| Self::fail(format!("GET {}: {e}", data.key)))?
-                .into_bytes();
+            {
+                if body.len() + chunk.len() > limit {
+                    tracing::warn!(key = %data.key, limit, "the object grew past inline_max_bytes after its HEAD; sent without its body");
+                    return Ok(());
+                }
+                body.extend_from_slice(&chunk);
+            }
             inline_body(data, &body);
         }
         Ok(())

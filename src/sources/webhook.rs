@@ -617,7 +617,12 @@ pub(super) async fn connect(
         ))
     })?;
     let path = spec.hook_path(&context.bridge);
-    let (sender, requests) = mpsc::channel(context.max_in_flight);
+    // Requests wait here for the bridge; each holds a body of up to max_message_bytes,
+    // so the queue is sized to hold no more than max_in_flight_bytes of them. A full
+    // queue answers 503 with Retry-After.
+    let queue = (context.max_in_flight_bytes / context.max_message_bytes.max(1))
+        .clamp(1, context.max_in_flight.max(1));
+    let (sender, requests) = mpsc::channel(queue);
     let methods = spec
         .methods
         .iter()
