@@ -626,9 +626,12 @@ async fn tail(exchange: ExchangeConfig, pattern: String, count: Option<u64>) -> 
             .await
             .context("connecting to the exchange")?;
     let channel = connection.create_channel().await?;
+    let short = |what, value: &str| {
+        broker_bridge::short_string::short_string(what, value).map_err(anyhow::Error::from)
+    };
     let queue = channel
         .queue_declare(
-            "".into(),
+            broker_bridge::short_string::constant(""),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -640,8 +643,8 @@ async fn tail(exchange: ExchangeConfig, pattern: String, count: Option<u64>) -> 
     channel
         .queue_bind(
             queue.name().clone(),
-            exchange.name.as_str().into(),
-            pattern.as_str().into(),
+            short("the exchange name", &exchange.name)?,
+            short("the pattern", &pattern)?,
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -651,7 +654,7 @@ async fn tail(exchange: ExchangeConfig, pattern: String, count: Option<u64>) -> 
     let mut consumer = channel
         .basic_consume(
             queue.name().clone(),
-            "broker-bridge-tail".into(),
+            broker_bridge::short_string::constant("broker-bridge-tail"),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
