@@ -75,8 +75,8 @@ use crate::short_string::{MAX_SHORT_STRING, TooLong, constant};
 
 /// A short string of a value checked when the config was loaded; one that still does
 /// not fit is a setup error, never a panic.
-fn wire(what: &'static str, value: &str) -> Result<ShortString, SetupError> {
-    crate::short_string::short_string(what, value).map_err(SetupError::TooLong)
+fn wire(what: &'static str, value: &str) -> Result<ShortString, TooLong> {
+    crate::short_string::short_string(what, value)
 }
 
 /// AMQP properties offered to templates as if they were headers, e.g.
@@ -529,7 +529,7 @@ enum SetupError {
     #[error("bad url: {0}")]
     Url(String),
     #[error("{0}")]
-    TooLong(TooLong),
+    TooLong(#[from] TooLong),
     #[error("cannot read the TLS {what} {}: {error}", path.display())]
     ReadFile {
         what: &'static str,
@@ -875,7 +875,7 @@ pub async fn verify_queue(spec: &AmqpSpec, bridge: &str) -> Result<(), SourceErr
     // Declaring an existing queue with equal settings changes nothing.
     let declared = channel
         .queue_declare(
-            wire("the queue name", &spec.queue)?,
+            wire("the queue name", &spec.queue).map_err(SetupError::from)?,
             QueueDeclareOptions {
                 passive: false,
                 durable: spec.durable(),

@@ -406,7 +406,7 @@ enum ConsumerPlan {
     UseAsItIs { notes: Vec<String> },
     /// Ours, and only settings that cannot move its position differ.
     Update {
-        config: pull::Config,
+        config: Box<pull::Config>,
         changes: Vec<String>,
     },
 }
@@ -542,7 +542,7 @@ fn plan_existing_consumer(
     config.max_ack_pending = wanted.max_ack_pending;
     config.description = wanted.description.clone();
     Ok(ConsumerPlan::Update {
-        config,
+        config: Box::new(config),
         changes: differences,
     })
 }
@@ -618,7 +618,7 @@ pub async fn connect_jetstream(
             }
             ConsumerPlan::Update { config, changes } => {
                 tracing::info!(consumer = %durable, changes = %changes.join(", "), "updating our consumer");
-                stream.update_consumer(config).await.map_err(|e| {
+                stream.update_consumer(*config).await.map_err(|e| {
                     SourceError::Connect(format!("cannot update consumer `{durable}`: {e}"))
                 })?
             }
