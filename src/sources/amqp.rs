@@ -690,6 +690,28 @@ async fn open(
     })
 }
 
+/// The queue declare with the bridge's settings; RabbitMQ's answer is left to the
+/// caller.
+async fn declare_as_configured(
+    channel: &Channel,
+    spec: &AmqpSpec,
+    passive: bool,
+) -> Result<Result<lapin::Queue, lapin::Error>, SetupError> {
+    Ok(channel
+        .queue_declare(
+            wire("the queue name", &spec.queue)?,
+            QueueDeclareOptions {
+                passive,
+                durable: spec.durable(),
+                exclusive: spec.exclusive(),
+                auto_delete: spec.auto_delete(),
+                nowait: false,
+            },
+            queue_arguments(&spec.arguments),
+        )
+        .await)
+}
+
 /// Declares the queue (passively with `declare = false`). RabbitMQ never changes an
 /// existing queue on a declare; it refuses one with other settings, and so does the
 /// bridge then, leaving the queue and its messages as they are.
@@ -698,19 +720,7 @@ async fn declare_queue(
     channel: &Channel,
     spec: &AmqpSpec,
 ) -> Result<(), SetupError> {
-    let declared = channel
-        .queue_declare(
-            wire("the queue name", &spec.queue)?,
-            QueueDeclareOptions {
-                passive: !spec.declare,
-                durable: spec.durable(),
-                exclusive: spec.exclusive(),
-                auto_delete: spec.auto_delete(),
-                nowait: false,
-            },
-            queue_arguments(&spec.arguments),
-        )
-        .await;
+    let declared = declare_as_configured(channel, spec, !spec.declare).await?;
     let error = match declared {
         Ok(_) => return Ok(()),
         Err(error) => error,
@@ -873,19 +883,7 @@ pub async fn verify_queue(spec: &AmqpSpec, bridge: &str) -> Result<(), SourceErr
         .await
         .map_err(SetupError::Channel)?;
     // Declaring an existing queue with equal settings changes nothing.
-    let declared = channel
-        .queue_declare(
-            wire("the queue name", &spec.queue).map_err(SetupError::from)?,
-            QueueDeclareOptions {
-                passive: false,
-                durable: spec.durable(),
-                exclusive: spec.exclusive(),
-                auto_delete: spec.auto_delete(),
-                nowait: false,
-            },
-            queue_arguments(&spec.arguments),
-        )
-        .await;
+    let declared = declare_as_configured(&channel, spec, false).await?;
     let _ = connection.close(200, constant("verified")).await;
     match declared {
         Ok(_) => Ok(()),
