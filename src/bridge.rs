@@ -20,6 +20,9 @@ use crate::metrics::BridgeMetrics;
 use crate::normalize::{Mapping, Reject, RejectReason, normalize_message};
 use crate::sources::{ConnectContext, ExchangeProbe, Incoming, Listeners, Source, SourceMetrics};
 
+/// How long a source connection must hold before its failure starts the backoff over.
+const STABLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The publisher bridges use; swapped when a reload changes `[exchange]`.
 pub type PublisherSlot = Arc<RwLock<Arc<Publisher>>>;
 
@@ -254,7 +257,7 @@ pub async fn run(
             };
             let error = match connected {
                 Ok(source) => {
-                    backoff.reset();
+                    let connected_at = Instant::now();
                     metrics.up.store(1, Relaxed);
                     status.update(|s| {
                         s.state = State::Running;
@@ -265,6 +268,12 @@ pub async fn run(
                     tracing::info!("source connected");
                     let result = pump(source, &shared, &permits, &mut tasks, &stop).await;
                     metrics.up.store(0, Relaxed);
+                    // Only a connection that held resets the backoff: one that fails at
+                    // once (a message its client cannot parse, say) must not reconnect
+                    // in a tight loop, nor look up most of the time.
+                    if connected_at.elapsed() >= STABLE_CONNECTION {
+                        backoff.reset();
+                    }
                     match result {
                         Ok(()) => break,
                         Err(error) => error,

@@ -492,8 +492,13 @@ impl Route {
         let headers: Vec<(String, String)> = headers
             .iter()
             .filter(|(name, _)| !hidden(name.as_str()))
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            // HTTP allows any byte above 0x7f in a value: read lossily, never dropped,
+            // so an `id_header` of UTF-8 text keeps its id (and its dedupe) on a retry.
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
             })
             .collect();
         Metadata {
