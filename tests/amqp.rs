@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{
     AMQP_URL, Daemon, Rabbit, Received, config_text, eventually, eventually_async, unique,
@@ -227,6 +228,61 @@ impl SourceUnderTest for Amqp {
     // a live consumer holds unacked (that needs the management API). The AMQP tests
     // below prove "nothing acked" by closing the consumer first: RabbitMQ then requeues
     // everything unacked and the ready count is the whole backlog.
+    fn carries(&self) -> Carries {
+        Carries {
+            // No `max_id`: `message_id` is a short string, so no id over 255 bytes can be
+            // sent at all.
+            headers: true,
+            // Header names are short strings: at most 255 bytes.
+            max_header_name: 255,
+            // Long-string header values are bytes.
+            binary_header_values: true,
+            control_header_values: true,
+            // A `message_id` of bytes that are not UTF-8 (RabbitMQ passes short strings
+            // on as bytes), sent with raw frames.
+            binary_ids: true,
+            // `content_type` is a short string property.
+            max_content_type: 255,
+            nested_tables: true,
+            ..Default::default()
+        }
+    }
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        if let Some(id) = &message.binary_id {
+            // lapin sends only UTF-8 short strings.
+            poison::amqp_publish_raw(
+                &self.exchange,
+                &self.routing_key,
+                &message.headers,
+                id,
+                &message.payload,
+            )
+            .await;
+            return Sent::default();
+        }
+        let mut table = FieldTable::default();
+        for (name, value) in &message.headers {
+            table.insert(
+                ShortString::from(name.as_str()),
+                AMQPValue::LongString(LongString::from(value.clone())),
+            );
+        }
+        if let Some(depth) = message.nested_depth {
+            let mut value = AMQPValue::LongString(LongString::from("the bottom"));
+            for level in 0..depth {
+                let mut nested = FieldTable::default();
+                nested.insert(ShortString::from(format!("level{level}")), value);
+                value = AMQPValue::FieldTable(nested);
+            }
+            table.insert(ShortString::from("x-deep"), value);
+        }
+        let mut properties = BasicProperties::default().with_headers(table);
+        if let Some(content_type) = &message.content_type {
+            properties = properties.with_content_type(ShortString::from(content_type.as_str()));
+        }
+        self.send_with(&message.payload, properties).await;
+        Sent::default()
+    }
 }
 
 #[tokio::test]
@@ -1336,4 +1392,110 @@ async fn an_existing_queue_with_other_arguments_is_refused_and_kept() {
     proxy.restore();
     daemon.wait_running(&bridge).await;
     assert_published(&rabbit, &out, &run, 20..30, &daemon).await;
+}
+
+/// lapin parses nested header tables recursively on its I/O thread: a table nested
+/// 1,500 deep (RabbitMQ stores and delivers it; one frame holds some 18,000 levels)
+/// overflowed a default 2 MiB stack and aborted the whole daemon, again on every
+/// redelivery (issue 13). The daemon's threads have a stack for the deepest table a
+/// frame can hold: the message is published (its header converted 16 levels deep), the
+/// next one too, and nothing restarts. (The test's own client needs such a stack too to
+/// build the message, so a child copy of this test binary publishes it.)
+#[tokio::test]
+async fn a_deeply_nested_header_table_neither_aborts_nor_stops_the_bridge() {
+    const CHILD: &str = "BROKER_BRIDGE_TEST_DEEP_TABLE_TO";
+    if let Some(target) = std::env::var_os(CHILD) {
+        let target = target.into_string().unwrap();
+        let (exchange, routing_key) = target.split_once(' ').unwrap();
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut deep = AMQPValue::LongString("bottom".into());
+        for _ in 0..1500 {
+            let mut table = FieldTable::default();
+            table.insert("a".into(), deep);
+            deep = AMQPValue::FieldTable(table);
+        }
+        let mut headers = FieldTable::default();
+        headers.insert("deep".into(), deep);
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                br#"{"n":1}"#,
+                BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        return;
+    }
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let queue = rabbit
+        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+        .await;
+    let mut daemon = Daemon::start(AMQP_URL, &exchange, &bridge_table(&source, &bridge, "")).await;
+    daemon.wait_running(&bridge).await;
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_deeply_nested_header_table_neither_aborts_nor_stops_the_bridge",
+        ])
+        .env(CHILD, format!("{} {}", source.exchange, source.routing_key))
+        .env("RUST_MIN_STACK", (256 << 20).to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "the child published: {}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    source
+        .send_with(br#"{"n":2}"#, BasicProperties::default())
+        .await;
+    let events = rabbit
+        .take_exactly(&queue, 2, Duration::from_secs(20))
+        .await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon is alive; log: {}",
+        daemon.log()
+    );
+    let numbers: Vec<_> = events
+        .iter()
+        .map(|e| e.json()["data"]["n"].clone())
+        .collect();
+    assert_eq!(numbers, [1, 2], "log: {}", daemon.log());
+    let metrics = daemon.metrics();
+    assert_eq!(
+        metrics.bridge("bridge_restarts_total", &bridge, "amqp"),
+        Some(0.0)
+    );
+    assert_eq!(source.ready().await, Some(0));
+    daemon.terminate();
+}
+
+/// The poison corpus (issue 13) through a RabbitMQ queue: long, binary and control-byte
+/// header values, header tables nested 100 deep, content types, CloudEvents and bodies
+/// at the limits. Nothing stays unacked: once the daemon stopped, RabbitMQ would have
+/// requeued what it held, and the queue is empty.
+/// A `message_id` that is not UTF-8 used to fail lapin's parser and loop the bridge's
+/// reconnects forever (fixed in `vendor/amq-protocol-types`).
+#[tokio::test]
+async fn poison_corpus_is_published_or_dead_lettered() {
+    let source = Amqp::new().await;
+    let mut run = poison::poison_corpus(&source).await;
+    assert_eq!(run.daemon.terminate(), Some(0));
+    assert_eq!(source.ready().await, Some(0), "nothing was left unacked");
 }

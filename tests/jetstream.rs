@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{Daemon, Rabbit, eventually, eventually_async, unique};
 
@@ -80,6 +81,34 @@ impl SourceUnderTest for JetStream {
     async fn pending_at_source(&self, bridge: &str) -> Option<u64> {
         let info = self.consumer_info(bridge).await;
         Some(info.num_ack_pending as u64 + info.num_pending)
+    }
+    fn carries(&self) -> Carries {
+        Carries {
+            // No `max_id`: the event id is `<stream>:<sequence>`, whatever the message
+            // carries (`Nats-Msg-Id` is JetStream's de-duplication id, not the event's).
+            headers: true,
+            // NATS header names are tokens of any length.
+            max_header_name: 4096,
+            // The protocol takes any bytes but CR and LF in a header value; async-nats
+            // does not send them, so the corpus uses the raw protocol for these.
+            binary_header_values: true,
+            control_header_values: true,
+            max_content_type: 4096,
+            ..Default::default()
+        }
+    }
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        let (headers, text) = poison::nats_headers(message, false);
+        if text {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), std::str::from_utf8(v).unwrap()))
+                .collect();
+            self.send(&message.payload, &headers).await;
+        } else {
+            poison::nats_publish_raw(&self.subject, &headers, &message.payload, true).await;
+        }
+        Sent::default()
     }
 }
 
@@ -863,4 +892,14 @@ async fn oversized_messages_are_dead_lettered_as_bounded_envelopes() {
         1,
         "never reconnected"
     );
+}
+
+/// The poison corpus (issue 13) through a JetStream stream: long, binary and
+/// control-byte headers, content types, CloudEvents and bodies at the limits; every
+/// message is acked (nothing pending for the consumer afterwards).
+/// A header that is not UTF-8 used to close async-nats's connection on every
+/// redelivery, forever (fixed in `vendor/async-nats`).
+#[tokio::test]
+async fn poison_corpus_is_published_or_dead_lettered() {
+    poison::poison_corpus(&JetStream::new().await).await;
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, eventually, eventually_async, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -221,6 +222,39 @@ impl SourceUnderTest for Kafka {
     async fn pending_at_source(&self, bridge: &str) -> Option<u64> {
         self.pending_for_group(&format!("broker-bridge-{bridge}"))
             .await
+    }
+    fn carries(&self) -> Carries {
+        Carries {
+            // No `max_id`: the event id is `<topic>:<partition>:<offset>`.
+            headers: true,
+            // Record header names are strings of any length, values any bytes.
+            max_header_name: 4096,
+            binary_header_values: true,
+            control_header_values: true,
+            // The `content-type` record header.
+            max_content_type: 4096,
+            ..Default::default()
+        }
+    }
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        let mut headers: Vec<(&str, &[u8])> = message
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect();
+        if let Some(content_type) = &message.content_type {
+            headers.push(("content-type", content_type.as_bytes()));
+        }
+        self.produce(
+            &message.payload,
+            Record {
+                partition: Some(0),
+                headers: &headers,
+                ..Default::default()
+            },
+        )
+        .await;
+        Sent::default()
     }
 }
 
@@ -1544,4 +1578,12 @@ async fn verify_position_refuses_a_new_group_that_would_skip_records() {
     assert_eq!(pending(&topic, &old_group).await, Some(4));
     assert_eq!(committed(&topic, &new_group).await, vec![None]);
     drop(source);
+}
+
+/// The poison corpus (issue 13) through a Kafka topic: long, binary and control-byte
+/// record headers, content types, CloudEvents and bodies at the limits; the group's
+/// committed offset reaches the end of the topic (nothing left unconfirmed).
+#[tokio::test]
+async fn poison_corpus_is_published_or_dead_lettered() {
+    poison::poison_corpus(&Kafka::new(1).await).await;
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, eventually, unique};
 use rumqttc::v5;
@@ -289,6 +290,34 @@ impl SourceUnderTest for Mqtt {
             },
         )
         .await;
+    }
+    fn carries(&self) -> Carries {
+        match self.version {
+            // MQTT 3.1.1 messages are a topic and a payload, nothing else.
+            Version::V311 => Carries::default(),
+            // No `max_id`: MQTT messages carry no id (each event gets a UUIDv7). User
+            // properties and the content type are UTF-8 strings without NUL (MQTT 5,
+            // 1.5.4), so header values are text.
+            Version::V5 => Carries {
+                headers: true,
+                max_header_name: 4096,
+                max_content_type: 4096,
+                ..Default::default()
+            },
+        }
+    }
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        let headers = message.text_headers();
+        self.publish(
+            &self.topic,
+            &message.payload,
+            Properties {
+                content_type: message.content_type.as_deref(),
+                user: &headers,
+            },
+        )
+        .await;
+        Sent::default()
     }
 }
 
@@ -1663,4 +1692,18 @@ async fn changing_the_protocol_keeps_the_session_restart_311_to_5() {
 #[tokio::test]
 async fn changing_the_protocol_keeps_the_session_reload_5_to_311() {
     changing_the_protocol_keeps_the_session(Version::V5, Version::V311, Edit::Reload).await;
+}
+
+/// The poison corpus (issue 13) through Mosquitto, MQTT 5 (user properties and content
+/// types: long names and values, CloudEvents, bodies at the limits) and MQTT 3.1.1
+/// (payloads only). Every message was PUBACKed: after SIGKILL and a restart on the same
+/// persistent session, the broker resends nothing.
+#[tokio::test]
+async fn poison_corpus_is_published_or_dead_lettered() {
+    for version in [Version::V5, Version::V311] {
+        eprintln!("poison corpus, mqtt: MQTT {}", version.label());
+        let source = Mqtt::new(version).await;
+        let mut run = poison::poison_corpus(&source).await;
+        run.restart_delivers_nothing().await;
+    }
 }

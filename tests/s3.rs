@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
+use common::conformance::SourceUnderTest;
+use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, config_text, eventually, unique};
 use serde_json::Value;
@@ -735,4 +737,100 @@ async fn a_bucket_edit_on_reload_publishes_every_object_of_the_new_bucket() {
 #[tokio::test]
 async fn a_bucket_edit_across_a_restart_publishes_every_object_of_the_new_bucket() {
     a_bucket_edit_starts_afresh(Edit::Restart).await;
+}
+
+/// A bucket as the poison corpus drives it: each message becomes an object, under the
+/// message's id as its key when it has one.
+struct Objects {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl Objects {
+    async fn new() -> Objects {
+        let s3 = client();
+        let bucket = bucket(&s3).await;
+        Objects { s3, bucket }
+    }
+
+    /// Writes an object; returns its ETag (without quotes).
+    async fn put_object(&self, key: &str, body: &[u8], content_type: Option<&str>) -> String {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(content_type.map(str::to_owned))
+            .body(ByteStream::from(body.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        head.e_tag().unwrap().trim_matches('"').to_owned()
+    }
+}
+
+impl SourceUnderTest for Objects {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+    fn at_least_once(&self) -> bool {
+        true
+    }
+    fn bridge_keys(&self) -> String {
+        format!(
+            "bucket = \"{}\"\nendpoint_url = \"{ENDPOINT}\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\npoll_interval = \"300ms\"\ninline_max_bytes = 262144",
+            self.bucket
+        )
+    }
+    fn subject(&self) -> String {
+        "poison/".into()
+    }
+    async fn send(&self, payload: &[u8], _headers: &[(&str, &str)]) {
+        self.put_object(&format!("poison/{}", unique("object")), payload, None)
+            .await;
+    }
+    fn carries(&self) -> Carries {
+        Carries {
+            // The key makes the id (`<bucket>/<key>@<etag>`); S3 keys hold at most 1024
+            // bytes.
+            max_id: 1024,
+            // Objects have no headers the bridge reads: only their content type, which
+            // goes into `data`.
+            content_type_is_object_metadata: true,
+            describes_objects: true,
+            ..Default::default()
+        }
+    }
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        let key = message
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("poison/{}", unique("object")));
+        let etag = self
+            .put_object(&key, &message.payload, message.content_type.as_deref())
+            .await;
+        Sent {
+            transport_id: Some(format!("{}/{key}@{etag}", self.bucket)),
+            subject: Some(key),
+            ..Default::default()
+        }
+    }
+}
+
+/// The poison corpus (issue 13) through object keys and metadata: keys that make the
+/// derived id longer than 255 bytes (published under a `sha256:` id with `originalid`),
+/// keys with `#`, `*`, `.` and spaces, a content type of 300 bytes, empty objects and
+/// control bytes. After a restart the cursor publishes nothing again.
+#[tokio::test]
+async fn poison_corpus_is_published_or_dead_lettered() {
+    let objects = Objects::new().await;
+    let mut run = poison::poison_corpus(&objects).await;
+    run.restart_delivers_nothing().await;
 }

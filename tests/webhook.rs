@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::conformance::{self, SourceUnderTest};
+use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, eventually, free_port, http_request, unique};
 use hmac::{Hmac, Mac};
@@ -122,6 +123,43 @@ impl SourceUnderTest for Hook {
     }
     async fn pending_at_source(&self, _bridge: &str) -> Option<u64> {
         Some(self.unsettled.load(Ordering::SeqCst))
+    }
+    fn carries(&self) -> Carries {
+        Carries {
+            // The `id_header` (X-Delivery-Id): as long as the listener takes headers.
+            max_id: 65_535,
+            headers: true,
+            max_header_name: 4096,
+            // HTTP allows bytes 0x80-0xFF (obs-text) in values, but no NUL or other
+            // control bytes but tab.
+            binary_header_values: true,
+            binary_ids: true,
+            max_content_type: 4096,
+            ..Default::default()
+        }
+    }
+    /// Posts directly (not through the retrying sender), to see the answer.
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        let mut headers = message.headers.clone();
+        headers.push((
+            "Authorization".into(),
+            format!("Bearer {CONFORMANCE_TOKEN}").into_bytes(),
+        ));
+        if let Some(id) = &message.id {
+            headers.push(("X-Delivery-Id".into(), id.clone().into_bytes()));
+        }
+        if let Some(id) = &message.binary_id {
+            headers.push(("X-Delivery-Id".into(), id.clone()));
+        }
+        if let Some(content_type) = &message.content_type {
+            headers.push(("Content-Type".into(), content_type.clone().into_bytes()));
+        }
+        let answer =
+            poison::http_post_raw(self.port, CONFORMANCE_PATH, &headers, &message.payload).await;
+        Sent {
+            answer: Some(answer),
+            ..Default::default()
+        }
     }
 }
 
@@ -811,4 +849,13 @@ async fn an_over_long_delivery_id_is_digested_and_the_hook_goes_on() {
         ),
         Some(1.0)
     );
+}
+
+/// The poison corpus (issue 13) over HTTP: long `X-Delivery-Id`s, long and non-UTF-8
+/// headers, content types, CloudEvents and bodies at the limits. Each request is
+/// answered 200 (published), 400 with the reason (dead-lettered) or 413 (over
+/// max_message_bytes, nothing published).
+#[tokio::test]
+async fn poison_corpus_is_published_or_dead_lettered() {
+    poison::poison_corpus(&Hook::new()).await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use cloudevents::AttributesReader;
 
+use super::poison::{Carries, PoisonMessage, Sent};
 use super::proxy::Proxy;
 use super::{Daemon, Rabbit, Received, eventually, http_get, sample_payloads, unique};
 
@@ -50,6 +51,24 @@ pub trait SourceUnderTest {
     /// tell (JetStream consumer info, an AMQP queue's depth).
     async fn pending_at_source(&self, _bridge: &str) -> Option<u64> {
         None
+    }
+    /// What of the poison corpus (`poison::poison_corpus`) the kind's transport can
+    /// carry; by default a payload only.
+    fn carries(&self) -> Carries {
+        Carries::default()
+    }
+    /// Sends one corpus message; it holds only what `carries` allows. By default: `send`
+    /// with its (text) headers.
+    async fn send_poison(&self, message: &PoisonMessage) -> Sent {
+        assert!(
+            message.id.is_none()
+                && message.binary_id.is_none()
+                && message.content_type.is_none()
+                && message.nested_depth.is_none(),
+            "the kind must implement send_poison for what its `carries` allows"
+        );
+        self.send(&message.payload, &message.text_headers()).await;
+        Sent::default()
     }
 }
 

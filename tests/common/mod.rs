@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod poison;
 pub mod proxy;
 
 use std::collections::HashMap;
