@@ -157,27 +157,32 @@ impl Faults {
     }
 }
 
+/// What a bridge runs with: its spec, what it shares with the daemon, and what it reports.
+#[derive(Clone)]
+pub struct Bridge {
+    pub spec: BridgeSpec,
+    pub publisher: PublisherSlot,
+    pub listeners: Listeners,
+    pub metrics: Arc<BridgeMetrics>,
+    pub status: Arc<BridgeStatus>,
+    /// Fires to stop it: it drains, and ends.
+    pub stop: CancellationToken,
+}
+
 /// Runs a bridge (`run`) and starts it again, after a backoff, whenever its task
 /// panics: a bug in one bridge never stops it for good, and shows in `/bridges`
 /// (`restarting`, the panic, a restart count), `bridge_up` and `bridge_panics_total`.
-pub async fn supervise(
-    spec: BridgeSpec,
-    publisher: PublisherSlot,
-    listeners: Listeners,
-    metrics: Arc<BridgeMetrics>,
-    status: Arc<BridgeStatus>,
-    stop: CancellationToken,
-) {
-    let mut backoff = Backoff::new(spec.backoff.clone());
+pub async fn supervise(bridge: Bridge) {
+    let mut backoff = Backoff::new(bridge.spec.backoff.clone());
+    let Bridge {
+        spec,
+        metrics,
+        status,
+        stop,
+        ..
+    } = bridge.clone();
     loop {
-        let task = tokio::spawn(run(
-            spec.clone(),
-            publisher.clone(),
-            listeners.clone(),
-            metrics.clone(),
-            status.clone(),
-            stop.clone(),
-        ));
+        let task = tokio::spawn(run(bridge.clone()));
         let panic = match task.await {
             Ok(()) => return,
             Err(error) if error.is_panic() => panic_text(error.into_panic().as_ref()),
@@ -211,14 +216,15 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs a bridge until `stop` fires, then drains: no new pulls, in-flight messages get
 /// up to `shutdown_timeout` to be confirmed and acked; the rest stay unacked.
-pub async fn run(
-    spec: BridgeSpec,
-    publisher: PublisherSlot,
-    listeners: Listeners,
-    metrics: Arc<BridgeMetrics>,
-    status: Arc<BridgeStatus>,
-    stop: CancellationToken,
-) {
+async fn run(bridge: Bridge) {
+    let Bridge {
+        spec,
+        publisher,
+        listeners,
+        metrics,
+        status,
+        stop,
+    } = bridge;
     let span = tracing::info_span!("bridge", bridge = %spec.name, kind = spec.kind());
     async move {
         let shared = Arc::new(Shared {

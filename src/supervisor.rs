@@ -106,14 +106,14 @@ impl Supervisor {
         let metrics = self.shared.registry.bridge(&spec.name, spec.kind());
         let status = Arc::new(BridgeStatus::new());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(bridge::supervise(
-            spec.clone(),
-            self.shared.publisher.clone(),
-            self.listeners.clone(),
-            metrics.clone(),
-            status.clone(),
-            stop.clone(),
-        ));
+        let task = tokio::spawn(bridge::supervise(bridge::Bridge {
+            spec: spec.clone(),
+            publisher: self.shared.publisher.clone(),
+            listeners: self.listeners.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            stop: stop.clone(),
+        }));
         self.shared.bridges.write().expect("bridges lock").insert(
             spec.name.clone(),
             BridgeView {

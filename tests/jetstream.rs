@@ -271,34 +271,71 @@ async fn wait_bridge_error(daemon: &Daemon, bridge: &str, needle: &str) -> Strin
     error
 }
 
+/// The scenario of issue 21: a bridge on a named consumer with a narrow filter, which
+/// has published the stream's first 10 messages; the edit widens the filter.
+struct FilterEdit {
+    source: JetStream,
+    rabbit: Rabbit,
+    bridge: String,
+    consumer: String,
+    queue: String,
+    daemon: Daemon,
+}
+
+impl FilterEdit {
+    /// Starts the daemon (publishing through `exchange_url`) and delivers the first 10.
+    async fn start(exchange_url: &str) -> Self {
+        let source = JetStream::new().await;
+        let rabbit = Rabbit::connect().await;
+        let exchange = unique("ex");
+        let bridge = unique("b");
+        let consumer = unique("bb").replace('-', "_");
+        let queue = rabbit
+            .bind(&exchange, &format!("event.acme.{bridge}.#"))
+            .await;
+        let narrow = consumer_bridge(&source, &bridge, &consumer, &filters(&source).0);
+        let daemon = Daemon::start(exchange_url, &exchange, &narrow).await;
+        daemon.wait_ready().await;
+        source.send_many(&source.subject, 10).await;
+        let first = rabbit
+            .take_exactly(&queue, 10, Duration::from_secs(20))
+            .await;
+        assert_eq!(sorted_ids(&first), source.ids(1, 10));
+        FilterEdit {
+            source,
+            rabbit,
+            bridge,
+            consumer,
+            queue,
+            daemon,
+        }
+    }
+}
+
+/// The `filter_subject` lines of the scenario: the narrow one it starts with, and the
+/// whole stream.
+fn filters(source: &JetStream) -> (String, String) {
+    (
+        format!("filter_subject = \"{}\"", source.subject),
+        format!("filter_subject = \"{}.>\"", source.stream.to_lowercase()),
+    )
+}
+
 /// The sequence of issue 21 with a restart: 10 delivered under a narrow filter, 100
 /// more pending, the filter widened while the daemon is down. The bridge refuses to
 /// touch the consumer (and says why, in `/bridges`, `/readyz` and `check --online`);
 /// the 100 stay pending; putting the filter back delivers them all.
 #[tokio::test]
 async fn widened_filter_on_restart_is_refused_and_nothing_is_skipped() {
-    let source = JetStream::new().await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let consumer = unique("bb").replace('-', "_");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let narrow = format!("filter_subject = \"{}\"", source.subject);
-    let wide = format!("filter_subject = \"{}.>\"", source.stream.to_lowercase());
-    let mut daemon = Daemon::start(
-        common::AMQP_URL,
-        &exchange,
-        &consumer_bridge(&source, &bridge, &consumer, &narrow),
-    )
-    .await;
-    daemon.wait_ready().await;
-    source.send_many(&source.subject, 10).await;
-    let first = rabbit
-        .take_exactly(&queue, 10, Duration::from_secs(20))
-        .await;
-    assert_eq!(sorted_ids(&first), source.ids(1, 10));
+    let FilterEdit {
+        source,
+        rabbit,
+        bridge,
+        consumer,
+        queue,
+        mut daemon,
+    } = FilterEdit::start(common::AMQP_URL).await;
+    let (narrow, wide) = filters(&source);
     eventually_async(Duration::from_secs(10), "the 10 acked", || async {
         source
             .named_consumer(&consumer)
@@ -380,29 +417,16 @@ async fn widened_filter_on_restart_is_refused_and_nothing_is_skipped() {
 /// its filter and delivers the 100 once the exchange is back.
 #[tokio::test]
 async fn widened_filter_on_reload_is_refused_and_the_old_bridge_keeps_delivering() {
-    let source = JetStream::new().await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let consumer = unique("bb").replace('-', "_");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let narrow = format!("filter_subject = \"{}\"", source.subject);
-    let wide = format!("filter_subject = \"{}.>\"", source.stream.to_lowercase());
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let daemon = Daemon::start(
-        &proxy.amqp_url(),
-        &exchange,
-        &consumer_bridge(&source, &bridge, &consumer, &narrow),
-    )
-    .await;
-    daemon.wait_ready().await;
-    source.send_many(&source.subject, 10).await;
-    let first = rabbit
-        .take_exactly(&queue, 10, Duration::from_secs(20))
-        .await;
-    assert_eq!(sorted_ids(&first), source.ids(1, 10));
+    let FilterEdit {
+        source,
+        rabbit,
+        bridge,
+        consumer,
+        queue,
+        daemon,
+    } = FilterEdit::start(&proxy.amqp_url()).await;
+    let (_, wide) = filters(&source);
 
     proxy.cut();
     source.send_many(&source.subject, 100).await;
