@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -1207,24 +1207,216 @@ enum Edit {
     Restart,
 }
 
-/// An mqtt bridge table with several filters and any protocol version; the client id is
-/// remembered so the test ends its session.
-fn mqtt_table(
-    source: &Mqtt,
-    name: &str,
-    version: Version,
-    client_id: &str,
-    topics: &[String],
-    extra: &str,
-) -> String {
-    source.remember(client_id);
-    let topics: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
-    format!(
-        "[[bridge]]\nname = \"{name}\"\nkind = \"mqtt\"\nurl = \"{MQTT_URL}\"\nprotocol = \"{}\"\n\
-         topics = [{}]\nclient_id = \"{client_id}\"\nmax_in_flight = 10\n{extra}\n",
-        version.label(),
-        topics.join(", ")
-    )
+/// One `#[tokio::test]` per case of a scenario: `test_name(arguments...);` runs
+/// `scenario(arguments...)`. Each name is spelled out, so `cargo test <name>` finds it.
+macro_rules! cases {
+    (scenario: $scenario:ident; $($test:ident($($argument:expr),*);)+) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $scenario($($argument),*).await;
+            }
+        )+
+    };
+}
+
+/// The source settings these tests edit; the rest of the bridge stays as it is.
+#[derive(Clone)]
+struct SourceSettings {
+    protocol: Version,
+    client_id: String,
+    topics: Vec<String>,
+    shared_group: Option<String>,
+}
+
+/// One mqtt bridge on the shared Mosquitto whose source settings a test edits: the
+/// RabbitMQ queue bound to its events, and the exchange behind a proxy that a reload
+/// cuts. The test's daemon is a local declared after it, so the daemon stops before
+/// `source` ends the sessions.
+struct EditedBridge {
+    name: String,
+    exchange: String,
+    rabbit: Rabbit,
+    queue: String,
+    amqp: Proxy,
+    source: Mqtt,
+}
+
+impl EditedBridge {
+    async fn new(version: Version) -> Self {
+        let source = Mqtt::new(version).await;
+        let rabbit = Rabbit::connect().await;
+        let exchange = unique("ex");
+        let name = unique("b");
+        let queue = rabbit
+            .bind(&exchange, &format!("event.acme.{name}.#"))
+            .await;
+        EditedBridge {
+            amqp: Proxy::start("127.0.0.1:5672").await,
+            name,
+            exchange,
+            rabbit,
+            queue,
+            source,
+        }
+    }
+
+    /// The settings the bridge starts with unless a test says otherwise: the source's
+    /// protocol version and client id, every topic of the test.
+    fn settings(&self) -> SourceSettings {
+        SourceSettings {
+            protocol: self.source.version,
+            client_id: self.source.client_id.clone(),
+            topics: vec![self.source.everything()],
+            shared_group: None,
+        }
+    }
+
+    /// The bridge's table with `settings`; the client id is remembered so the test ends
+    /// its session.
+    fn table(&self, settings: &SourceSettings) -> String {
+        self.source.remember(&settings.client_id);
+        let topics: Vec<String> = settings.topics.iter().map(|t| format!("\"{t}\"")).collect();
+        let shared_group = settings
+            .shared_group
+            .as_ref()
+            .map(|group| format!("shared_group = \"{group}\""))
+            .unwrap_or_default();
+        format!(
+            "[[bridge]]\nname = \"{}\"\nkind = \"mqtt\"\nurl = \"{MQTT_URL}\"\nprotocol = \"{}\"\n\
+             topics = [{}]\nclient_id = \"{}\"\nmax_in_flight = 10\n{shared_group}\n",
+            self.name,
+            settings.protocol.label(),
+            topics.join(", "),
+            settings.client_id,
+        )
+    }
+
+    /// A ready daemon running the bridge with `settings`.
+    async fn start(&self, settings: &SourceSettings) -> Daemon {
+        let daemon =
+            Daemon::start(&self.amqp.amqp_url(), &self.exchange, &self.table(settings)).await;
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    /// Edits the bridge to `settings` while the messages `publish` sends wait at the
+    /// source. Restart: the daemon stops, `publish` runs, the config changes, the daemon
+    /// starts. Reload: the exchange is cut (the bridge can confirm nothing: what it
+    /// pulled stays unacknowledged, the rest queues in the session), `publish` runs, the
+    /// config changes, and the exchange comes back once the bridge connected under the
+    /// new config.
+    async fn edit(
+        &self,
+        daemon: &mut Daemon,
+        edit: Edit,
+        publish: impl std::future::Future<Output = ()>,
+        settings: &SourceSettings,
+    ) {
+        let bridges = self.table(settings);
+        let connections = connections_made(daemon);
+        match edit {
+            Edit::Restart => {
+                assert_eq!(daemon.terminate(), Some(0), "SIGTERM exits 0");
+                publish.await;
+                daemon.write_bridges(&bridges);
+                daemon.restart().await;
+            }
+            Edit::Reload => {
+                let received = || {
+                    daemon
+                        .metrics()
+                        .bridge("bridge_messages_received_total", &self.name, "mqtt")
+                        .unwrap_or(0.0)
+                };
+                let before = received();
+                self.amqp.cut();
+                eventually(Duration::from_secs(10), "exchange seen down", || {
+                    daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+                })
+                .await;
+                publish.await;
+                eventually(Duration::from_secs(10), "pending messages pulled", || {
+                    received() > before
+                })
+                .await;
+                daemon.write_bridges(&bridges);
+                eventually(
+                    Duration::from_secs(30),
+                    "the bridge connected under the new config",
+                    || connections_made(daemon) > connections,
+                )
+                .await;
+                // Running means subscribed and unsubscribed: the edit met the queued
+                // messages at the broker, before the bridge could confirm any of them.
+                daemon.wait_running(&self.name).await;
+                self.amqp.restore();
+            }
+        }
+        daemon.wait_ready().await;
+        assert!(connections_made(daemon) > connections);
+    }
+
+    /// The common course: the daemon starts with `before` and the numbers below
+    /// `pending` are published; then the bridge is edited to `after` while `pending`
+    /// wait at the source. Returns the daemon, running `after`.
+    async fn start_then_edit(
+        &self,
+        before: &SourceSettings,
+        edit: Edit,
+        pending: std::ops::Range<u64>,
+        after: &SourceSettings,
+    ) -> Daemon {
+        let mut daemon = self.start(before).await;
+        self.source.send_numbers(0..pending.start).await;
+        self.expect_published(0..pending.start, &daemon, "before the edit")
+            .await;
+        self.edit(&mut daemon, edit, self.source.send_numbers(pending), after)
+            .await;
+        daemon
+    }
+
+    /// Takes events until `expected` arrived and nothing more comes for a moment;
+    /// returns how often each number arrived.
+    async fn take_counted(&self, expected: usize) -> HashMap<u64, usize> {
+        let rabbit = &self.rabbit;
+        let mut received = rabbit
+            .take(&self.queue, expected, Duration::from_secs(30))
+            .await;
+        loop {
+            let more = rabbit.take(&self.queue, 1000, Duration::from_secs(2)).await;
+            if more.is_empty() {
+                break;
+            }
+            received.extend(more);
+        }
+        let mut counts = HashMap::new();
+        for event in &received {
+            let n = event.json()["data"]["n"]
+                .as_u64()
+                .expect("a {\"n\":N} event");
+            *counts.entry(n).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Takes the events of `expected` (and whatever follows within a moment) and asserts
+    /// that exactly those numbers were published; returns how often each arrived.
+    async fn expect_published(
+        &self,
+        expected: std::ops::Range<u64>,
+        daemon: &Daemon,
+        what: &str,
+    ) -> HashMap<u64, usize> {
+        let published = self.take_counted(expected.clone().count()).await;
+        assert_eq!(
+            numbers(&published),
+            range(expected),
+            "{what}; log: {}",
+            daemon.log()
+        );
+        published
+    }
 }
 
 impl Mqtt {
@@ -1252,98 +1444,39 @@ fn connections_made(daemon: &Daemon) -> usize {
     daemon.log().matches("connected to the MQTT broker").count()
 }
 
-/// Edits the bridges to `bridges` while the messages `publish` sends wait at the source.
-/// Restart: the daemon stops, `publish` runs, the config changes, the daemon starts.
-/// Reload: the exchange is cut (the bridge can confirm nothing: what it pulled stays
-/// unacknowledged, the rest queues in the session), `publish` runs, the config changes,
-/// and the exchange comes back once the bridge connected under the new config.
-async fn edit_while_pending(
-    daemon: &mut Daemon,
-    exchange: &Proxy,
-    bridge: &str,
-    edit: Edit,
-    publish: impl std::future::Future<Output = ()>,
-    bridges: &str,
-) {
-    let connections = connections_made(daemon);
-    match edit {
-        Edit::Restart => {
-            assert_eq!(daemon.terminate(), Some(0), "SIGTERM exits 0");
-            publish.await;
-            daemon.write_bridges(bridges);
-            daemon.restart().await;
-        }
-        Edit::Reload => {
-            let received = || {
-                daemon
-                    .metrics()
-                    .bridge("bridge_messages_received_total", bridge, "mqtt")
-                    .unwrap_or(0.0)
-            };
-            let before = received();
-            exchange.cut();
-            eventually(Duration::from_secs(10), "exchange seen down", || {
-                daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
-            })
-            .await;
-            publish.await;
-            eventually(Duration::from_secs(10), "pending messages pulled", || {
-                received() > before
-            })
-            .await;
-            daemon.write_bridges(bridges);
-            eventually(
-                Duration::from_secs(30),
-                "the bridge connected under the new config",
-                || connections_made(daemon) > connections,
-            )
-            .await;
-            // Running means subscribed and unsubscribed: the edit met the queued
-            // messages at the broker, before the bridge could confirm any of them.
-            daemon.wait_running(bridge).await;
-            exchange.restore();
-        }
-    }
-    daemon.wait_ready().await;
-    assert!(connections_made(daemon) > connections);
-}
-
-/// Takes events until `expected` arrived and nothing more comes for a moment; returns
-/// how often each number arrived.
-async fn take_counted(rabbit: &Rabbit, queue: &str, expected: usize) -> HashMap<u64, usize> {
-    let mut received = rabbit.take(queue, expected, Duration::from_secs(30)).await;
-    loop {
-        let more = rabbit.take(queue, 1000, Duration::from_secs(2)).await;
-        if more.is_empty() {
-            break;
-        }
-        received.extend(more);
-    }
-    let mut counts = HashMap::new();
-    for event in &received {
-        let n = event.json()["data"]["n"]
-            .as_u64()
-            .expect("a {\"n\":N} event");
-        *counts.entry(n).or_default() += 1;
-    }
-    counts
-}
-
-fn numbers(counts: &HashMap<u64, usize>) -> std::collections::BTreeSet<u64> {
+fn numbers(counts: &HashMap<u64, usize>) -> BTreeSet<u64> {
     counts.keys().copied().collect()
 }
 
-fn range(numbers: std::ops::Range<u64>) -> std::collections::BTreeSet<u64> {
+fn range(numbers: std::ops::Range<u64>) -> BTreeSet<u64> {
     numbers.collect()
+}
+
+fn each_once(counts: &HashMap<u64, usize>) -> bool {
+    counts.values().all(|&count| count == 1)
+}
+
+/// What a client reading a session sees, whichever protocol version it speaks.
+enum SessionEvent {
+    Connected { session_present: bool },
+    Message(bytes::Bytes),
+    Other,
 }
 
 /// Reads what a persistent session holds, as the bridge would (same client id, no clean
 /// start), acknowledging it; returns the numbers.
-async fn held_by_session(version: Version, client_id: &str) -> std::collections::BTreeSet<u64> {
-    let mut held = std::collections::BTreeSet::new();
-    let mut add = |payload: &[u8]| {
-        let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
-        held.insert(json["n"].as_u64().unwrap());
+async fn held_by_session(version: Version, client_id: &str) -> BTreeSet<u64> {
+    let mut held = BTreeSet::new();
+    let mut session_present = None;
+    let mut seen = |event: SessionEvent| match event {
+        SessionEvent::Connected {
+            session_present: present,
+        } => session_present = Some(present),
+        SessionEvent::Message(payload) => {
+            let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            held.insert(json["n"].as_u64().unwrap());
+        }
+        SessionEvent::Other => {}
     };
     // Quiet for this long after the last message: the session is empty.
     let quiet = Duration::from_secs(3);
@@ -1352,23 +1485,16 @@ async fn held_by_session(version: Version, client_id: &str) -> std::collections:
             let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", 1883);
             options.set_clean_session(false);
             let (client, mut events) = rumqttc::AsyncClient::new(options, 100);
-            let mut session_present = None;
             while let Ok(event) = tokio::time::timeout(quiet, events.poll()).await {
-                match event.expect("the test reads the session") {
-                    rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) => {
-                        session_present = Some(ack.session_present)
-                    }
-                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish)) => {
-                        add(&publish.payload)
-                    }
-                    _ => {}
-                }
+                use rumqttc::{Event::Incoming, Packet};
+                seen(match event.expect("the test reads the session") {
+                    Incoming(Packet::ConnAck(ack)) => SessionEvent::Connected {
+                        session_present: ack.session_present,
+                    },
+                    Incoming(Packet::Publish(publish)) => SessionEvent::Message(publish.payload),
+                    _ => SessionEvent::Other,
+                });
             }
-            assert_eq!(
-                session_present,
-                Some(true),
-                "the session `{client_id}` exists"
-            );
             let _ = client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(2), events.poll()).await;
         }
@@ -1378,27 +1504,25 @@ async fn held_by_session(version: Version, client_id: &str) -> std::collections:
                 .set_clean_start(false)
                 .set_session_expiry_interval(Some(3600));
             let (client, mut events) = v5::AsyncClient::new(options, 100);
-            let mut session_present = None;
             while let Ok(event) = tokio::time::timeout(quiet, events.poll()).await {
-                match event.expect("the test reads the session") {
-                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(ack)) => {
-                        session_present = Some(ack.session_present)
-                    }
-                    v5::Event::Incoming(v5::mqttbytes::v5::Packet::Publish(publish)) => {
-                        add(&publish.payload)
-                    }
-                    _ => {}
-                }
+                use v5::{Event::Incoming, mqttbytes::v5::Packet};
+                seen(match event.expect("the test reads the session") {
+                    Incoming(Packet::ConnAck(ack)) => SessionEvent::Connected {
+                        session_present: ack.session_present,
+                    },
+                    Incoming(Packet::Publish(publish)) => SessionEvent::Message(publish.payload),
+                    _ => SessionEvent::Other,
+                });
             }
-            assert_eq!(
-                session_present,
-                Some(true),
-                "the session `{client_id}` exists"
-            );
             let _ = client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(2), events.poll()).await;
         }
     }
+    assert_eq!(
+        session_present,
+        Some(true),
+        "the session `{client_id}` exists"
+    );
     held
 }
 
@@ -1408,41 +1532,24 @@ async fn held_by_session(version: Version, client_id: &str) -> std::collections:
 /// filter is unsubscribed (on a restart too); the added filter delivers from its
 /// subscription on (nothing published before it exists: MQTT has no history).
 async fn editing_topics_keeps_queued_messages(version: Version, edit: Edit) {
-    let source = Mqtt::new(version).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let bridge = EditedBridge::new(version).await;
+    let source = &bridge.source;
     let filter = |level: &str| format!("{}/{level}/#", source.prefix);
     let topic = |level: &str| format!("{}/{level}/x", source.prefix);
-    let client_id = source.client_id.clone();
-    let before = mqtt_table(
-        &source,
-        &bridge,
-        version,
-        &client_id,
-        &[filter("a"), filter("b")],
-        "",
-    );
-    let after = mqtt_table(
-        &source,
-        &bridge,
-        version,
-        &client_id,
-        &[filter("b"), filter("c")],
-        "",
-    );
-    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
-    daemon.wait_ready().await;
+    let before = SourceSettings {
+        topics: vec![filter("a"), filter("b")],
+        ..bridge.settings()
+    };
+    let after = SourceSettings {
+        topics: vec![filter("b"), filter("c")],
+        ..bridge.settings()
+    };
+    let mut daemon = bridge.start(&before).await;
     source.send_numbers_to(&topic("a"), 0..1).await;
     source.send_numbers_to(&topic("b"), 1..2).await;
-    assert_eq!(
-        numbers(&take_counted(&rabbit, &queue, 2).await),
-        range(0..2)
-    );
+    bridge
+        .expect_published(0..2, &daemon, "before the edit")
+        .await;
 
     let pending = async {
         source.send_numbers_to(&topic("a"), 2..32).await;
@@ -1450,15 +1557,15 @@ async fn editing_topics_keeps_queued_messages(version: Version, edit: Edit) {
         // Not subscribed yet: no session holds these.
         source.send_numbers_to(&topic("c"), 37..40).await;
     };
-    edit_while_pending(&mut daemon, &amqp, &bridge, edit, pending, &after).await;
-    let published = take_counted(&rabbit, &queue, 35).await;
-    assert_eq!(
-        numbers(&published),
-        range(2..37),
-        "every message queued before the edit is published, the removed filter's too; \
-         nothing from before the added filter existed; log: {}",
-        daemon.log()
-    );
+    bridge.edit(&mut daemon, edit, pending, &after).await;
+    bridge
+        .expect_published(
+            2..37,
+            &daemon,
+            "every message queued before the edit is published, the removed filter's too; \
+             nothing from before the added filter existed",
+        )
+        .await;
     assert!(
         daemon
             .log()
@@ -1471,34 +1578,22 @@ async fn editing_topics_keeps_queued_messages(version: Version, edit: Edit) {
     source.send_numbers_to(&topic("a"), 40..45).await;
     source.send_numbers_to(&topic("b"), 45..50).await;
     source.send_numbers_to(&topic("c"), 50..55).await;
-    let published = take_counted(&rabbit, &queue, 10).await;
-    assert_eq!(
-        numbers(&published),
-        range(45..55),
-        "the removed filter is unsubscribed and the added one subscribed; log: {}",
-        daemon.log()
-    );
-    assert!(published.values().all(|&count| count == 1), "{published:?}");
+    let published = bridge
+        .expect_published(
+            45..55,
+            &daemon,
+            "the removed filter is unsubscribed and the added one subscribed",
+        )
+        .await;
+    assert!(each_once(&published), "{published:?}");
 }
 
-#[tokio::test]
-async fn editing_topics_keeps_queued_messages_reload_mqtt311() {
-    editing_topics_keeps_queued_messages(Version::V311, Edit::Reload).await;
-}
-
-#[tokio::test]
-async fn editing_topics_keeps_queued_messages_reload_mqtt5() {
-    editing_topics_keeps_queued_messages(Version::V5, Edit::Reload).await;
-}
-
-#[tokio::test]
-async fn editing_topics_keeps_queued_messages_restart_mqtt311() {
-    editing_topics_keeps_queued_messages(Version::V311, Edit::Restart).await;
-}
-
-#[tokio::test]
-async fn editing_topics_keeps_queued_messages_restart_mqtt5() {
-    editing_topics_keeps_queued_messages(Version::V5, Edit::Restart).await;
+cases! {
+    scenario: editing_topics_keeps_queued_messages;
+    editing_topics_keeps_queued_messages_reload_mqtt311(Version::V311, Edit::Reload);
+    editing_topics_keeps_queued_messages_reload_mqtt5(Version::V5, Edit::Reload);
+    editing_topics_keeps_queued_messages_restart_mqtt311(Version::V311, Edit::Restart);
+    editing_topics_keeps_queued_messages_restart_mqtt5(Version::V5, Edit::Restart);
 }
 
 /// A new `client_id` names a new session, which starts empty. The old session keeps the
@@ -1506,38 +1601,17 @@ async fn editing_topics_keeps_queued_messages_restart_mqtt5() {
 /// broker expires it: nothing is lost, the daemon says so naming the old session, and
 /// the test reads the messages there.
 async fn changing_the_client_id_leaves_messages_in_the_old_session(version: Version, edit: Edit) {
-    let source = Mqtt::new(version).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let amqp = Proxy::start("127.0.0.1:5672").await;
-    let old_id = source.client_id.clone();
-    let new_id = unique("bb-test-new");
-    let topics = [source.everything()];
-    let before = mqtt_table(&source, &bridge, version, &old_id, &topics, "");
-    let after = mqtt_table(&source, &bridge, version, &new_id, &topics, "");
-    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
-    daemon.wait_ready().await;
-    source.send_numbers(0..1).await;
-    assert_eq!(
-        numbers(&take_counted(&rabbit, &queue, 1).await),
-        range(0..1)
-    );
-
-    edit_while_pending(
-        &mut daemon,
-        &amqp,
-        &bridge,
-        edit,
-        source.send_numbers(1..21),
-        &after,
-    )
-    .await;
+    let bridge = EditedBridge::new(version).await;
+    let source = &bridge.source;
+    let before = bridge.settings();
+    let after = SourceSettings {
+        client_id: unique("bb-test-new"),
+        ..bridge.settings()
+    };
+    let old_id = &before.client_id;
+    let daemon = bridge.start_then_edit(&before, edit, 1..21, &after).await;
     source.send_numbers(21..26).await;
-    let published = take_counted(&rabbit, &queue, 5).await;
+    let published = bridge.take_counted(5).await;
     assert!(
         range(21..26).is_subset(&numbers(&published)),
         "the new session delivers; log: {}",
@@ -1551,9 +1625,8 @@ async fn changing_the_client_id_leaves_messages_in_the_old_session(version: Vers
     // The accounting: each message pending before the edit is published or still in
     // the old session.
     drop(daemon);
-    let held = held_by_session(version, &old_id).await;
-    let published_or_held: std::collections::BTreeSet<u64> =
-        numbers(&published).union(&held).copied().collect();
+    let held = held_by_session(version, old_id).await;
+    let published_or_held: BTreeSet<u64> = numbers(&published).union(&held).copied().collect();
     assert!(
         range(1..21).is_subset(&published_or_held),
         "published {published:?}, held by `{old_id}` {held:?}"
@@ -1564,134 +1637,77 @@ async fn changing_the_client_id_leaves_messages_in_the_old_session(version: Vers
     );
 }
 
-#[tokio::test]
-async fn changing_the_client_id_leaves_messages_in_the_old_session_reload_mqtt311() {
-    changing_the_client_id_leaves_messages_in_the_old_session(Version::V311, Edit::Reload).await;
-}
-
-#[tokio::test]
-async fn changing_the_client_id_leaves_messages_in_the_old_session_reload_mqtt5() {
-    changing_the_client_id_leaves_messages_in_the_old_session(Version::V5, Edit::Reload).await;
-}
-
-#[tokio::test]
-async fn changing_the_client_id_leaves_messages_in_the_old_session_restart_mqtt311() {
-    changing_the_client_id_leaves_messages_in_the_old_session(Version::V311, Edit::Restart).await;
-}
-
-#[tokio::test]
-async fn changing_the_client_id_leaves_messages_in_the_old_session_restart_mqtt5() {
-    changing_the_client_id_leaves_messages_in_the_old_session(Version::V5, Edit::Restart).await;
+cases! {
+    scenario: changing_the_client_id_leaves_messages_in_the_old_session;
+    changing_the_client_id_leaves_messages_in_the_old_session_reload_mqtt311
+        (Version::V311, Edit::Reload);
+    changing_the_client_id_leaves_messages_in_the_old_session_reload_mqtt5
+        (Version::V5, Edit::Reload);
+    changing_the_client_id_leaves_messages_in_the_old_session_restart_mqtt311
+        (Version::V311, Edit::Restart);
+    changing_the_client_id_leaves_messages_in_the_old_session_restart_mqtt5
+        (Version::V5, Edit::Restart);
 }
 
 /// MQTT 5: adding a `shared_group` replaces `<filter>` with `$share/<group>/<filter>` in
 /// the same session. What the session queued is published, and afterwards each message
 /// arrives once (the plain subscription is gone, on a restart too).
 async fn adding_a_shared_group_keeps_queued_messages(edit: Edit) {
-    let source = Mqtt::new(Version::V5).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+    let bridge = EditedBridge::new(Version::V5).await;
+    let source = &bridge.source;
+    let before = bridge.settings();
+    let after = SourceSettings {
+        shared_group: Some(unique("g")),
+        ..bridge.settings()
+    };
+    let daemon = bridge.start_then_edit(&before, edit, 1..21, &after).await;
+    bridge
+        .expect_published(1..21, &daemon, "what the session queued is published")
         .await;
-    let amqp = Proxy::start("127.0.0.1:5672").await;
-    let client_id = source.client_id.clone();
-    let topics = [source.everything()];
-    let group = unique("g");
-    let before = mqtt_table(&source, &bridge, Version::V5, &client_id, &topics, "");
-    let after = mqtt_table(
-        &source,
-        &bridge,
-        Version::V5,
-        &client_id,
-        &topics,
-        &format!("shared_group = \"{group}\""),
-    );
-    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
-    daemon.wait_ready().await;
-    source.send_numbers(0..1).await;
-    assert_eq!(
-        numbers(&take_counted(&rabbit, &queue, 1).await),
-        range(0..1)
-    );
-
-    edit_while_pending(
-        &mut daemon,
-        &amqp,
-        &bridge,
-        edit,
-        source.send_numbers(1..21),
-        &after,
-    )
-    .await;
-    let published = take_counted(&rabbit, &queue, 20).await;
-    assert_eq!(numbers(&published), range(1..21), "log: {}", daemon.log());
     source.send_numbers(21..26).await;
-    let published = take_counted(&rabbit, &queue, 5).await;
-    assert_eq!(numbers(&published), range(21..26), "log: {}", daemon.log());
+    let published = bridge
+        .expect_published(21..26, &daemon, "the shared subscription delivers")
+        .await;
     assert!(
-        published.values().all(|&count| count == 1),
+        each_once(&published),
         "each message once: the plain filter is unsubscribed; {published:?}; log: {}",
         daemon.log()
     );
 }
 
-#[tokio::test]
-async fn adding_a_shared_group_keeps_queued_messages_reload() {
-    adding_a_shared_group_keeps_queued_messages(Edit::Reload).await;
-}
-
-#[tokio::test]
-async fn adding_a_shared_group_keeps_queued_messages_restart() {
-    adding_a_shared_group_keeps_queued_messages(Edit::Restart).await;
+cases! {
+    scenario: adding_a_shared_group_keeps_queued_messages;
+    adding_a_shared_group_keeps_queued_messages_reload(Edit::Reload);
+    adding_a_shared_group_keeps_queued_messages_restart(Edit::Restart);
 }
 
 /// Changing `protocol` keeps the session (same client id): Mosquitto resumes a 3.1.1
 /// session for an MQTT 5 client and the other way round, queued messages included.
 async fn changing_the_protocol_keeps_the_session(from: Version, to: Version, edit: Edit) {
-    let source = Mqtt::new(from).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let amqp = Proxy::start("127.0.0.1:5672").await;
-    let client_id = source.client_id.clone();
-    let topics = [source.everything()];
-    let before = mqtt_table(&source, &bridge, from, &client_id, &topics, "");
-    let after = mqtt_table(&source, &bridge, to, &client_id, &topics, "");
-    let mut daemon = Daemon::start(&amqp.amqp_url(), &exchange, &before).await;
-    daemon.wait_ready().await;
-    source.send_numbers(0..1).await;
-    assert_eq!(
-        numbers(&take_counted(&rabbit, &queue, 1).await),
-        range(0..1)
-    );
-
-    edit_while_pending(
-        &mut daemon,
-        &amqp,
-        &bridge,
-        edit,
-        source.send_numbers(1..21),
-        &after,
-    )
-    .await;
+    let bridge = EditedBridge::new(from).await;
+    let source = &bridge.source;
+    let before = bridge.settings();
+    let after = SourceSettings {
+        protocol: to,
+        ..bridge.settings()
+    };
+    let daemon = bridge.start_then_edit(&before, edit, 1..21, &after).await;
     source.send_numbers(21..26).await;
-    let published = take_counted(&rabbit, &queue, 25).await;
-    assert_eq!(numbers(&published), range(1..26), "log: {}", daemon.log());
+    bridge
+        .expect_published(
+            1..26,
+            &daemon,
+            "the session, queued messages included, goes on under the other protocol",
+        )
+        .await;
 }
 
-#[tokio::test]
-async fn changing_the_protocol_keeps_the_session_restart_311_to_5() {
-    changing_the_protocol_keeps_the_session(Version::V311, Version::V5, Edit::Restart).await;
-}
-
-#[tokio::test]
-async fn changing_the_protocol_keeps_the_session_reload_5_to_311() {
-    changing_the_protocol_keeps_the_session(Version::V5, Version::V311, Edit::Reload).await;
+cases! {
+    scenario: changing_the_protocol_keeps_the_session;
+    changing_the_protocol_keeps_the_session_restart_311_to_5
+        (Version::V311, Version::V5, Edit::Restart);
+    changing_the_protocol_keeps_the_session_reload_5_to_311
+        (Version::V5, Version::V311, Edit::Reload);
 }
 
 /// The poison corpus (issue 13) through Mosquitto, MQTT 5 (user properties and content
