@@ -95,6 +95,7 @@ async fn produce(
 /// shared checks see the records in send order.
 struct Kafka {
     topic: String,
+    partitions: i32,
     producer: FutureProducer,
     /// More kind keys for every bridge of the test.
     extra: String,
@@ -106,6 +107,7 @@ impl Kafka {
         create_topic(&topic, partitions).await;
         Kafka {
             topic,
+            partitions,
             producer: producer(),
             extra: String::new(),
         }
@@ -121,6 +123,26 @@ impl Kafka {
 
     async fn produce(&self, payload: &[u8], record: Record<'_>) -> (i32, i64) {
         produce(&self.producer, &self.topic, payload, record).await
+    }
+
+    /// Produces `payload` with `headers` to partition 0.
+    async fn produce_to_first_partition(&self, payload: &[u8], headers: &[(&str, &[u8])]) {
+        let record = Record {
+            partition: Some(0),
+            headers,
+            ..Default::default()
+        };
+        self.produce(payload, record).await;
+    }
+
+    /// Produces the `{"n":N}` record of `run` to partition N modulo the partition count,
+    /// so that consecutive records spread over every partition; `(partition, offset)`.
+    async fn produce_spread(&self, run: &str, n: u64) -> (i32, i64) {
+        let record = Record {
+            partition: Some((n % self.partitions as u64) as i32),
+            ..Default::default()
+        };
+        self.produce(&numbered(run, n), record).await
     }
 
     /// Records waiting for the bridge's group: end offsets minus committed offsets
@@ -209,15 +231,7 @@ impl SourceUnderTest for Kafka {
     }
     async fn send(&self, payload: &[u8], headers: &[(&str, &str)]) {
         let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-        self.produce(
-            payload,
-            Record {
-                partition: Some(0),
-                headers: &headers,
-                ..Default::default()
-            },
-        )
-        .await;
+        self.produce_to_first_partition(payload, &headers).await;
     }
     async fn pending_at_source(&self, bridge: &str) -> Option<u64> {
         self.pending_for_group(&format!("broker-bridge-{bridge}"))
@@ -245,15 +259,8 @@ impl SourceUnderTest for Kafka {
         if let Some(content_type) = &message.content_type {
             headers.push(("content-type", content_type.as_bytes()));
         }
-        self.produce(
-            &message.payload,
-            Record {
-                partition: Some(0),
-                headers: &headers,
-                ..Default::default()
-            },
-        )
-        .await;
+        self.produce_to_first_partition(&message.payload, &headers)
+            .await;
         Sent::default()
     }
 }
@@ -311,30 +318,11 @@ fn ids_by_number(received: &[Received]) -> (HashMap<u64, String>, usize) {
     (ids, received.len())
 }
 
-/// Takes events from `queue` until every `n` below `total` arrived (copies allowed).
-async fn take_numbers(
-    rabbit: &Rabbit,
-    queue: &str,
-    total: u64,
-    timeout: Duration,
-) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut received = Vec::new();
-    loop {
-        let (ids, _) = ids_by_number(&received);
-        if ids.len() as u64 >= total || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        let missing = total as usize - ids.len();
-        received.extend(rabbit.take(queue, missing, Duration::from_secs(2)).await);
-    }
-    // Whatever else is on its way (copies).
-    received.extend(
-        rabbit
-            .take(queue, usize::MAX, Duration::from_millis(500))
-            .await,
-    );
+fn event_ids(received: &[Received]) -> HashSet<String> {
     received
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn metric(daemon: &Daemon, name: &str, bridge: &str) -> f64 {
@@ -342,6 +330,181 @@ fn metric(daemon: &Daemon, name: &str, bridge: &str) -> f64 {
         .metrics()
         .bridge(name, bridge, "kafka")
         .unwrap_or(-2.0)
+}
+
+/// A topic of the test's own with one partition.
+async fn new_topic(prefix: &str) -> String {
+    let topic = unique(prefix);
+    create_topic(&topic, 1).await;
+    topic
+}
+
+/// Produces `{"n":N}` records for `numbers` to partition 0 of `topic`; their event ids.
+async fn produce_numbered(
+    producer: &FutureProducer,
+    topic: &str,
+    run: &str,
+    numbers: std::ops::Range<u64>,
+) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for n in numbers {
+        let (partition, offset) = produce(
+            producer,
+            topic,
+            &numbered(run, n),
+            Record {
+                partition: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+        ids.insert(format!("{topic}:{partition}:{offset}"));
+    }
+    ids
+}
+
+/// What a Kafka-specific test sets up around its daemon: a bridge name of its own, an
+/// exchange with a RabbitMQ queue bound to every event the bridge publishes, the
+/// daemon's exchange connection (through a proxy the test can cut, where it asks for
+/// one), and a producer and run name for its records.
+struct Scene {
+    rabbit: Rabbit,
+    exchange: String,
+    bridge: String,
+    queue: String,
+    proxy: Option<Proxy>,
+    producer: FutureProducer,
+    run: String,
+}
+
+impl Scene {
+    /// The daemon talks to RabbitMQ directly; the queue takes tenant `acme`'s events.
+    async fn direct() -> Scene {
+        Scene::new("acme", false).await
+    }
+
+    /// The daemon's exchange connection goes through a proxy; the queue takes tenant
+    /// `acme`'s events.
+    async fn behind_proxy() -> Scene {
+        Scene::new("acme", true).await
+    }
+
+    /// The queue takes the bridge's events of `tenant` (a routing key word or `*`).
+    async fn new(tenant: &str, proxied: bool) -> Scene {
+        let rabbit = Rabbit::connect().await;
+        let (exchange, bridge) = (unique("ex"), unique("b"));
+        let queue = rabbit
+            .bind(&exchange, &format!("event.{tenant}.{bridge}.#"))
+            .await;
+        let proxy = if proxied {
+            Some(Proxy::start("127.0.0.1:5672").await)
+        } else {
+            None
+        };
+        Scene {
+            rabbit,
+            exchange,
+            bridge,
+            queue,
+            proxy,
+            producer: producer(),
+            run: unique("r"),
+        }
+    }
+
+    /// The proxy in front of the exchange (a scene made `behind_proxy`).
+    fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().expect("a scene behind a proxy")
+    }
+
+    /// Starts a daemon on `bridges` without waiting for its bridges.
+    async fn launch(&self, bridges: &str) -> Daemon {
+        let url = match &self.proxy {
+            Some(proxy) => proxy.amqp_url(),
+            None => AMQP_URL.to_owned(),
+        };
+        Daemon::start(&url, &self.exchange, bridges).await
+    }
+
+    /// Starts a daemon on `bridges` and waits until it is ready.
+    async fn start(&self, bridges: &str) -> Daemon {
+        let daemon = self.launch(bridges).await;
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    /// The scene's bridge reading `topics`, with `extra` keys.
+    fn kafka_bridge(&self, topics: &[&str], extra: &str) -> String {
+        let topics: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+        format!(
+            "[[bridge]]\nname = \"{}\"\nkind = \"kafka\"\nbrokers = \"{BROKERS}\"\ntopics = [{}]\n{extra}\n",
+            self.bridge,
+            topics.join(", ")
+        )
+    }
+
+    /// Cuts the daemon's exchange connection and waits until the daemon sees it down:
+    /// from then on records wait at the source.
+    async fn cut_exchange(&self, daemon: &Daemon) {
+        self.proxy().cut();
+        eventually(Duration::from_secs(15), "exchange seen down", || {
+            daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
+        })
+        .await;
+    }
+
+    /// Lets the daemon reach the exchange again (and its confirms come back).
+    fn restore_exchange(&self) {
+        self.proxy().restore();
+    }
+
+    /// `{"n":N}` records of the scene's run for `numbers`, on partition 0 of `topic`;
+    /// their event ids.
+    async fn produce(&self, topic: &str, numbers: std::ops::Range<u64>) -> HashSet<String> {
+        produce_numbered(&self.producer, topic, &self.run, numbers).await
+    }
+
+    /// Takes `count` events from the queue, then makes sure nothing else arrives.
+    async fn take_exactly(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        self.rabbit.take_exactly(&self.queue, count, timeout).await
+    }
+
+    /// Takes events until every `n` below `total` arrived (copies allowed).
+    async fn take_numbers(&self, total: u64, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut received = Vec::new();
+        loop {
+            let (ids, _) = ids_by_number(&received);
+            if ids.len() as u64 >= total || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let missing = total as usize - ids.len();
+            received.extend(self.take(missing, Duration::from_secs(2)).await);
+        }
+        // Whatever else is on its way (copies).
+        received.extend(self.take(usize::MAX, Duration::from_millis(500)).await);
+        received
+    }
+
+    /// Takes events until every id in `expected` arrived (or a minute passed), then
+    /// whatever else comes within half a second.
+    async fn take_ids(&self, expected: &HashSet<String>) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut received = Vec::new();
+        loop {
+            let missing = expected.difference(&event_ids(&received)).count();
+            if missing == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            received.extend(self.take(missing, Duration::from_secs(2)).await);
+        }
+        received.extend(self.take(usize::MAX, Duration::from_millis(500)).await);
+        received
+    }
+
+    async fn take(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        self.rabbit.take(&self.queue, count, timeout).await
+    }
 }
 
 // --- What is special about Kafka. ---
@@ -353,17 +516,15 @@ fn metric(daemon: &Daemon, name: &str, bridge: &str) -> f64 {
 #[tokio::test]
 async fn partitions_keys_headers_and_timestamps_map_to_the_event() {
     let source = Kafka::new(3).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit.bind(&exchange, &format!("event.*.{bridge}.#")).await;
+    // Every tenant: the tenant comes from a record header.
+    let scene = Scene::new("*", false).await;
+    let bridge = &scene.bridge;
     let table = bridge_table(
         &source,
-        &bridge,
+        bridge,
         "tenant = \"{header:tenant}\"\ncluster = \"main-cluster\"",
     );
-    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
-    daemon.wait_ready().await;
+    let daemon = scene.start(&table).await;
 
     let payloads = common::sample_payloads();
     let binary_key = [0xffu8, 0x00, 0x10];
@@ -409,8 +570,8 @@ async fn partitions_keys_headers_and_timestamps_map_to_the_event() {
             ));
         }
     }
-    let received = rabbit
-        .take_exactly(&queue, sent.len(), Duration::from_secs(30))
+    let received = scene
+        .take_exactly(sent.len(), Duration::from_secs(30))
         .await;
     assert_eq!(received.len(), sent.len(), "log: {}", daemon.log());
     let by_id: HashMap<String, &Received> = received
@@ -477,14 +638,9 @@ async fn partitions_keys_headers_and_timestamps_map_to_the_event() {
 #[tokio::test]
 async fn cloudevents_pass_through_in_both_modes() {
     let source = Kafka::new(1).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let daemon = Daemon::start(AMQP_URL, &exchange, &bridge_table(&source, &bridge, "")).await;
-    daemon.wait_ready().await;
+    let scene = Scene::direct().await;
+    let bridge = &scene.bridge;
+    let daemon = scene.start(&bridge_table(&source, bridge, "")).await;
 
     let binary_headers: [(&str, &[u8]); 7] = [
         ("ce_specversion", b"1.0"),
@@ -508,19 +664,13 @@ async fn cloudevents_pass_through_in_both_modes() {
         .await;
     let structured = br#"{"specversion":"1.0","id":"s-1","source":"/billing","type":"com.shop.invoice","datacontenttype":"application/json","data":{"sum":12.5}}"#;
     source
-        .produce(
+        .produce_to_first_partition(
             structured,
-            Record {
-                partition: Some(0),
-                headers: &[("content-type", b"application/cloudevents+json")],
-                ..Default::default()
-            },
+            &[("content-type", b"application/cloudevents+json")],
         )
         .await;
 
-    let received = rabbit
-        .take_exactly(&queue, 2, Duration::from_secs(30))
-        .await;
+    let received = scene.take_exactly(2, Duration::from_secs(30)).await;
     assert_eq!(received.len(), 2, "log: {}", daemon.log());
     let binary = received[0].json();
     assert_eq!(binary["id"], "order-1");
@@ -549,60 +699,44 @@ async fn cloudevents_pass_through_in_both_modes() {
 #[tokio::test]
 async fn sigkill_mid_stream_then_restart_loses_nothing_and_keeps_ids() {
     let source = Kafka::new(3).await.with_short_sessions();
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
-    let table = bridge_table(&source, &bridge, "max_in_flight = 20");
-    let mut daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table).await;
-    daemon.wait_ready().await;
+    let scene = Scene::behind_proxy().await;
+    let bridge = &scene.bridge;
+    let table = bridge_table(&source, bridge, "max_in_flight = 20");
+    let mut daemon = scene.start(&table).await;
 
-    let run = unique("r");
     let total = 300u64;
     let mut offsets = HashMap::new();
     let mut send = async |n: u64| {
-        let placed = source
-            .produce(
-                &numbered(&run, n),
-                Record {
-                    partition: Some((n % 3) as i32),
-                    ..Default::default()
-                },
-            )
-            .await;
-        offsets.insert(n, placed);
+        offsets.insert(n, source.produce_spread(&scene.run, n).await);
     };
     for n in 0..100 {
         send(n).await;
     }
     eventually(Duration::from_secs(30), "the first 100 confirmed", || {
-        metric(&daemon, "bridge_events_published_total", &bridge) == 100.0
+        metric(&daemon, "bridge_events_published_total", bridge) == 100.0
     })
     .await;
     // Confirms stop coming back: the next records are published but never confirmed.
-    proxy.drop_replies();
+    scene.proxy().drop_replies();
     for n in 100..200 {
         send(n).await;
     }
     eventually(Duration::from_secs(30), "max_in_flight in flight", || {
-        metric(&daemon, "bridge_messages_received_total", &bridge) == 120.0
+        metric(&daemon, "bridge_messages_received_total", bridge) == 120.0
     })
     .await;
     assert_eq!(
-        metric(&daemon, "bridge_events_published_total", &bridge),
+        metric(&daemon, "bridge_events_published_total", bridge),
         100.0
     );
     daemon.kill();
     for n in 200..total {
         send(n).await;
     }
-    proxy.restore();
+    scene.restore_exchange();
     daemon.restart().await;
 
-    let received = take_numbers(&rabbit, &queue, total, Duration::from_secs(90)).await;
+    let received = scene.take_numbers(total, Duration::from_secs(90)).await;
     let (ids, events) = ids_by_number(&received);
     assert_eq!(
         ids.keys().copied().collect::<HashSet<_>>(),
@@ -620,7 +754,7 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_keeps_ids() {
     );
     // Everything is committed in the end.
     eventually_async(Duration::from_secs(20), "offsets committed", || async {
-        source.pending_at_source(&bridge).await == Some(0)
+        source.pending_at_source(bridge).await == Some(0)
     })
     .await;
 }
@@ -631,39 +765,24 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_keeps_ids() {
 #[tokio::test]
 async fn two_daemons_in_one_group_split_partitions_and_hand_over() {
     let source = Kafka::new(4).await.with_short_sessions();
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
+    let scene = Scene::direct().await;
+    let bridge = &scene.bridge;
     let group = unique("g");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let table = bridge_table(&source, &bridge, &format!("group_id = \"{group}\""));
-    let mut first = Daemon::start(AMQP_URL, &exchange, &table).await;
-    first.wait_ready().await;
-    let second = Daemon::start(AMQP_URL, &exchange, &table).await;
-    second.wait_ready().await;
+    let table = bridge_table(&source, bridge, &format!("group_id = \"{group}\""));
+    let mut first = scene.start(&table).await;
+    let second = scene.start(&table).await;
 
-    let run = unique("r");
     let mut next = 0u64;
     let mut send_round = async |count: u64| {
         for _ in 0..count {
-            source
-                .produce(
-                    &numbered(&run, next),
-                    Record {
-                        partition: Some((next % 4) as i32),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            source.produce_spread(&scene.run, next).await;
             next += 1;
         }
         next
     };
     // Until the group has settled with both members, rounds of records go to every
     // partition; both daemons must end up publishing.
-    let published = |daemon: &Daemon| metric(daemon, "bridge_events_published_total", &bridge);
+    let published = |daemon: &Daemon| metric(daemon, "bridge_events_published_total", bridge);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let sent = loop {
         let sent = send_round(8).await;
@@ -680,7 +799,7 @@ async fn two_daemons_in_one_group_split_partitions_and_hand_over() {
             second.log()
         );
     };
-    let received = take_numbers(&rabbit, &queue, sent, Duration::from_secs(60)).await;
+    let received = scene.take_numbers(sent, Duration::from_secs(60)).await;
     let (ids, _) = ids_by_number(&received);
     assert_eq!(
         ids.keys().copied().collect::<HashSet<_>>(),
@@ -693,7 +812,9 @@ async fn two_daemons_in_one_group_split_partitions_and_hand_over() {
     let before = published(&second);
     let more = 40;
     let total = send_round(more).await;
-    let received = take_numbers(&rabbit, &queue, total - sent, Duration::from_secs(90)).await;
+    let received = scene
+        .take_numbers(total - sent, Duration::from_secs(90))
+        .await;
     let (later, _) = ids_by_number(&received);
     let expected: HashSet<u64> = (sent..total).collect();
     let arrived: HashSet<u64> = later.keys().copied().filter(|n| *n >= sent).collect();
@@ -714,36 +835,18 @@ async fn two_daemons_in_one_group_split_partitions_and_hand_over() {
 #[tokio::test]
 async fn lag_counts_waiting_records_and_returns_to_zero() {
     let source = Kafka::new(2).await;
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
+    let scene = Scene::behind_proxy().await;
+    let bridge = &scene.bridge;
+    let daemon = scene
+        .start(&bridge_table(&source, bridge, "max_in_flight = 5"))
         .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
-    let table = bridge_table(&source, &bridge, "max_in_flight = 5");
-    let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table).await;
-    daemon.wait_ready().await;
-    let lag = || metric(&daemon, "bridge_source_lag", &bridge);
+    let lag = || metric(&daemon, "bridge_source_lag", bridge);
     eventually(Duration::from_secs(20), "lag known and 0", || lag() == 0.0).await;
 
-    proxy.cut();
-    eventually(Duration::from_secs(10), "exchange seen down", || {
-        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
-    })
-    .await;
-    let run = unique("r");
+    scene.cut_exchange(&daemon).await;
     let total = 60u64;
     for n in 0..total {
-        source
-            .produce(
-                &numbered(&run, n),
-                Record {
-                    partition: Some((n % 2) as i32),
-                    ..Default::default()
-                },
-            )
-            .await;
+        source.produce_spread(&scene.run, n).await;
     }
     eventually(
         Duration::from_secs(20),
@@ -753,8 +856,8 @@ async fn lag_counts_waiting_records_and_returns_to_zero() {
     .await;
     assert!(lag() <= total as f64, "lag {} of {total} records", lag());
 
-    proxy.restore();
-    let received = take_numbers(&rabbit, &queue, total, Duration::from_secs(60)).await;
+    scene.restore_exchange();
+    let received = scene.take_numbers(total, Duration::from_secs(60)).await;
     let (ids, _) = ids_by_number(&received);
     assert_eq!(ids.len() as u64, total, "every record arrives");
     eventually(Duration::from_secs(20), "lag back to 0", || lag() == 0.0).await;
@@ -765,21 +868,15 @@ async fn lag_counts_waiting_records_and_returns_to_zero() {
 #[tokio::test]
 async fn a_missing_topic_is_reported_until_it_exists() {
     let topic = unique("kt-later");
-    let rabbit = Rabbit::connect().await;
-    let exchange = unique("ex");
-    let bridge = unique("b");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let table = format!(
-        "[[bridge]]\nname = \"{bridge}\"\nkind = \"kafka\"\nbrokers = \"{BROKERS}\"\ntopics = [\"{topic}\"]\n"
-    );
-    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    let scene = Scene::direct().await;
+    let bridge = &scene.bridge;
+    // Not ready until the topic exists.
+    let daemon = scene.launch(&scene.kafka_bridge(&[&topic], "")).await;
     eventually(
         Duration::from_secs(20),
         "the missing topic reported",
         || {
-            daemon.bridge_status(&bridge).is_some_and(|b| {
+            daemon.bridge_status(bridge).is_some_and(|b| {
                 b["status"]["last_error"]
                     .as_str()
                     .is_some_and(|e| e.contains("does not exist"))
@@ -788,11 +885,15 @@ async fn a_missing_topic_is_reported_until_it_exists() {
     )
     .await;
     create_topic(&topic, 1).await;
-    daemon.wait_running(&bridge).await;
-    produce(&producer(), &topic, b"{\"late\":true}", Record::default()).await;
-    let received = rabbit
-        .take_exactly(&queue, 1, Duration::from_secs(30))
-        .await;
+    daemon.wait_running(bridge).await;
+    produce(
+        &scene.producer,
+        &topic,
+        b"{\"late\":true}",
+        Record::default(),
+    )
+    .await;
+    let received = scene.take_exactly(1, Duration::from_secs(30)).await;
     assert_eq!(received.len(), 1, "log: {}", daemon.log());
     assert_eq!(received[0].json()["id"], format!("{topic}:0:0"));
 }
@@ -803,104 +904,6 @@ async fn a_missing_topic_is_reported_until_it_exists() {
 // exchange is cut for a reload, the daemon is stopped for a restart), then accounts for
 // every one of them by id `<topic>:<partition>:<offset>`: published after the edit, or
 // still waiting for a group (its committed offset) and reported by the daemon.
-
-/// A kafka bridge reading `topics`, with `extra` keys.
-fn kafka_bridge(name: &str, topics: &[&str], extra: &str) -> String {
-    let topics: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
-    format!(
-        "[[bridge]]\nname = \"{name}\"\nkind = \"kafka\"\nbrokers = \"{BROKERS}\"\ntopics = [{}]\n{extra}\n",
-        topics.join(", ")
-    )
-}
-
-/// Produces `{"n":N}` records for `numbers` to partition 0 of `topic`; their event ids.
-async fn produce_numbered(
-    producer: &FutureProducer,
-    topic: &str,
-    run: &str,
-    numbers: std::ops::Range<u64>,
-) -> Vec<String> {
-    let mut ids = Vec::new();
-    for n in numbers {
-        let (partition, offset) = produce(
-            producer,
-            topic,
-            &numbered(run, n),
-            Record {
-                partition: Some(0),
-                ..Default::default()
-            },
-        )
-        .await;
-        ids.push(format!("{topic}:{partition}:{offset}"));
-    }
-    ids
-}
-
-fn event_ids(received: &[Received]) -> HashSet<String> {
-    received
-        .iter()
-        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Takes events until every id in `expected` arrived (or `timeout`), then whatever else
-/// comes within half a second.
-async fn take_ids(
-    rabbit: &Rabbit,
-    queue: &str,
-    expected: &HashSet<String>,
-    timeout: Duration,
-) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut received = Vec::new();
-    loop {
-        let missing = expected.difference(&event_ids(&received)).count();
-        if missing == 0 || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        received.extend(rabbit.take(queue, missing, Duration::from_secs(2)).await);
-    }
-    received.extend(
-        rabbit
-            .take(queue, usize::MAX, Duration::from_millis(500))
-            .await,
-    );
-    received
-}
-
-/// Produces marker records to `topic` until one is bridged: from then on the bridge
-/// reads every new record of the topic (with `start = "latest"`, records produced
-/// before the group found the end of a partition are not read). Returns what arrived.
-async fn until_reading(
-    producer: &FutureProducer,
-    topic: &str,
-    rabbit: &Rabbit,
-    queue: &str,
-) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for n in 0.. {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no marker on {topic} was bridged"
-        );
-        produce(
-            producer,
-            topic,
-            format!("{{\"marker\":{n}}}").as_bytes(),
-            Record {
-                partition: Some(0),
-                ..Default::default()
-            },
-        )
-        .await;
-        let received = rabbit.take(queue, 1, Duration::from_secs(1)).await;
-        if !received.is_empty() {
-            return received;
-        }
-    }
-    unreachable!()
-}
 
 /// The daemon's log without colours.
 fn plain_log(daemon: &Daemon) -> String {
@@ -935,16 +938,6 @@ async fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
 /// The line the source logs once it has subscribed.
 const SUBSCRIBED: &str = "kafka: subscribed";
 
-/// Cuts the daemon's exchange connection and waits until the daemon sees it down: from
-/// then on records wait at the source.
-async fn cut_exchange(proxy: &Proxy, daemon: &Daemon) {
-    proxy.cut();
-    eventually(Duration::from_secs(15), "exchange seen down", || {
-        daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
-    })
-    .await;
-}
-
 async fn wait_committed(topic: &str, group: &str) {
     eventually_async(
         Duration::from_secs(30),
@@ -954,46 +947,157 @@ async fn wait_committed(topic: &str, group: &str) {
     .await;
 }
 
+/// The committed offset of `group` on the one partition of `topic`.
+async fn committed_at(topic: &str, group: &str) -> i64 {
+    let [Some(at)] = committed(topic, group).await[..] else {
+        panic!("one committed offset")
+    };
+    at
+}
+
+/// Every id of `expected` is among the `ids` taken.
+fn assert_arrived(ids: &HashSet<String>, expected: &HashSet<String>, daemon: &Daemon) {
+    assert!(
+        ids.is_superset(expected),
+        "missing {:?}; log: {}",
+        expected.difference(ids).collect::<Vec<_>>(),
+        plain_log(daemon)
+    );
+}
+
+/// None of `not_read` is among the `ids` taken; `what` says why.
+fn assert_none_of(ids: &HashSet<String>, not_read: &HashSet<String>, what: &str) {
+    assert!(
+        ids.is_disjoint(not_read),
+        "{what}: {:?}",
+        ids.intersection(not_read).collect::<Vec<_>>()
+    );
+}
+
+/// The accounting where an edit to `new_group` was refused or not made: `unread`
+/// records still wait for `old_group`, and `new_group` has nothing committed.
+async fn assert_kept_by_old_group(topic: &str, old_group: &str, new_group: &str, unread: u64) {
+    assert_eq!(pending(topic, old_group).await, Some(unread));
+    assert_eq!(committed(topic, new_group).await, vec![None]);
+}
+
+impl Scene {
+    /// Produces marker records to `topic` until one is bridged: from then on the bridge
+    /// reads every new record of the topic (with `start = "latest"`, records produced
+    /// before the group found the end of a partition are not read). Returns what
+    /// arrived.
+    async fn until_reading(&self, topic: &str) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for n in 0.. {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no marker on {topic} was bridged"
+            );
+            produce(
+                &self.producer,
+                topic,
+                format!("{{\"marker\":{n}}}").as_bytes(),
+                Record {
+                    partition: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+            let received = self.take(1, Duration::from_secs(1)).await;
+            if !received.is_empty() {
+                return received;
+            }
+        }
+        unreachable!()
+    }
+
+    /// Takes events until every id of `expected` arrived and checks that they all did;
+    /// the ids of all that was taken.
+    async fn expect_ids(&self, daemon: &Daemon, expected: &HashSet<String>) -> HashSet<String> {
+        let ids = event_ids(&self.take_ids(expected).await);
+        assert_arrived(&ids, expected, daemon);
+        ids
+    }
+
+    /// Takes events until every id of `expected` arrived and checks that exactly these
+    /// did.
+    async fn expect_exactly(&self, daemon: &Daemon, expected: &HashSet<String>) {
+        let ids = event_ids(&self.take_ids(expected).await);
+        assert_eq!(&ids, expected, "log: {}", plain_log(daemon));
+    }
+
+    /// The accounting after an edit: every record of `waiting` is published, and none of
+    /// `bridged` (committed before the edit) is read again.
+    async fn expect_waiting_not_bridged(
+        &self,
+        daemon: &Daemon,
+        waiting: &HashSet<String>,
+        bridged: &HashSet<String>,
+    ) {
+        let ids = self.expect_ids(daemon, waiting).await;
+        assert_none_of(
+            &ids,
+            bridged,
+            "records bridged before the edit were read again",
+        );
+    }
+
+    /// A reload while records wait: cuts the exchange, produces `numbers` to `topic`
+    /// (they wait at the source), then writes `bridges`. The caller restores the
+    /// exchange once it has checked what the daemon said. The waiting records' ids.
+    async fn reload_while_waiting(
+        &self,
+        daemon: &Daemon,
+        topic: &str,
+        numbers: std::ops::Range<u64>,
+        bridges: &str,
+    ) -> HashSet<String> {
+        self.cut_exchange(daemon).await;
+        let waiting = self.produce(topic, numbers).await;
+        daemon.write_bridges(bridges);
+        waiting
+    }
+
+    /// A restart while records wait: stops the daemon (SIGTERM, exit 0), produces
+    /// `numbers` to `topic`, writes `bridges` and starts the daemon again. The waiting
+    /// records' ids.
+    async fn restart_while_waiting(
+        &self,
+        daemon: &mut Daemon,
+        topic: &str,
+        numbers: std::ops::Range<u64>,
+        bridges: &str,
+    ) -> HashSet<String> {
+        assert_eq!(daemon.terminate(), Some(0));
+        let waiting = self.produce(topic, numbers).await;
+        daemon.write_bridges(bridges);
+        daemon.restart().await;
+        waiting
+    }
+}
+
 /// Reload: a topic added is read from its oldest record (`start = "earliest"`, no
 /// committed offset there), and the daemon says so; the kept topic goes on from its
 /// committed offset: its 20 waiting records are published, the 10 committed before the
 /// edit are not read again.
 #[tokio::test]
 async fn reload_adding_a_topic_starts_it_at_start_and_keeps_the_other_topics_offsets() {
-    let (a, b) = (unique("kt-a"), unique("kt-b"));
-    create_topic(&a, 1).await;
-    create_topic(&b, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let (a, b) = (new_topic("kt-a").await, new_topic("kt-b").await);
+    let group = unique("g");
+    let scene = Scene::behind_proxy().await;
     let extra = format!("group_id = \"{group}\"\nmax_in_flight = 5");
-    let daemon = Daemon::start(
-        &proxy.amqp_url(),
-        &exchange,
-        &kafka_bridge(&bridge, &[&a], &extra),
-    )
-    .await;
-    daemon.wait_ready().await;
+    let daemon = scene.start(&scene.kafka_bridge(&[&a], &extra)).await;
 
-    let run = unique("r");
-    let bridged: HashSet<String> = produce_numbered(&producer, &a, &run, 0..10)
-        .await
-        .into_iter()
-        .collect();
-    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
-    assert_eq!(event_ids(&received), bridged, "log: {}", plain_log(&daemon));
+    let bridged = scene.produce(&a, 0..10).await;
+    scene.expect_exactly(&daemon, &bridged).await;
     wait_committed(&a, &group).await;
     // b holds records the bridge has never read.
-    let held_by_b = produce_numbered(&producer, &b, &run, 100..104).await;
+    let held_by_b = scene.produce(&b, 100..104).await;
 
-    cut_exchange(&proxy, &daemon).await;
-    let waiting = produce_numbered(&producer, &a, &run, 10..30).await;
+    scene.cut_exchange(&daemon).await;
+    let waiting = scene.produce(&a, 10..30).await;
     assert_eq!(pending(&a, &group).await, Some(20));
-    daemon.write_bridges(&kafka_bridge(&bridge, &[&a, &b], &extra));
+    daemon.write_bridges(&scene.kafka_bridge(&[&a, &b], &extra));
     wait_log(&daemon, SUBSCRIBED, 2).await;
     let said = format!(
         "group `{group}` has no committed offset on {b}[0]: it starts at their oldest record (start = \"earliest\"): 4 record(s)"
@@ -1003,22 +1107,12 @@ async fn reload_adding_a_topic_starts_it_at_start_and_keeps_the_other_topics_off
         "{said}: {}",
         plain_log(&daemon)
     );
-    proxy.restore();
+    scene.restore_exchange();
 
-    let expected: HashSet<String> = waiting.iter().chain(&held_by_b).cloned().collect();
-    let received = take_ids(&rabbit, &queue, &expected, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(
-        ids.is_superset(&expected),
-        "missing {:?}; log: {}",
-        expected.difference(&ids).collect::<Vec<_>>(),
-        plain_log(&daemon)
-    );
-    assert!(
-        ids.is_disjoint(&bridged),
-        "records committed before the edit were read again: {:?}",
-        ids.intersection(&bridged).collect::<Vec<_>>()
-    );
+    let expected = waiting.union(&held_by_b).cloned().collect();
+    scene
+        .expect_waiting_not_bridged(&daemon, &expected, &bridged)
+        .await;
     wait_committed(&a, &group).await;
     wait_committed(&b, &group).await;
 }
@@ -1029,69 +1123,33 @@ async fn reload_adding_a_topic_starts_it_at_start_and_keeps_the_other_topics_off
 /// wins over `start`; new records of the added topic are bridged.
 #[tokio::test]
 async fn restart_adding_a_topic_with_start_latest_skips_only_what_it_held_and_says_so() {
-    let (a, b) = (unique("kt-a"), unique("kt-b"));
-    create_topic(&a, 1).await;
-    create_topic(&b, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
+    let (a, b) = (new_topic("kt-a").await, new_topic("kt-b").await);
+    let group = unique("g");
+    let scene = Scene::direct().await;
     let extra = format!("group_id = \"{group}\"\nstart = \"latest\"");
-    let mut daemon =
-        Daemon::start(AMQP_URL, &exchange, &kafka_bridge(&bridge, &[&a], &extra)).await;
-    daemon.wait_ready().await;
-    let run = unique("r");
-    until_reading(&producer, &a, &rabbit, &queue).await;
-    let bridged: HashSet<String> = produce_numbered(&producer, &a, &run, 0..10)
-        .await
-        .into_iter()
-        .collect();
-    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
-    assert!(
-        event_ids(&received).is_superset(&bridged),
-        "log: {}",
-        plain_log(&daemon)
-    );
+    let mut daemon = scene.start(&scene.kafka_bridge(&[&a], &extra)).await;
+    scene.until_reading(&a).await;
+    let bridged = scene.produce(&a, 0..10).await;
+    scene.expect_ids(&daemon, &bridged).await;
     wait_committed(&a, &group).await;
-    let held_by_b: HashSet<String> = produce_numbered(&producer, &b, &run, 100..104)
-        .await
-        .into_iter()
-        .collect();
+    let held_by_b = scene.produce(&b, 100..104).await;
 
-    assert_eq!(daemon.terminate(), Some(0));
-    let waiting: HashSet<String> = produce_numbered(&producer, &a, &run, 10..30)
-        .await
-        .into_iter()
-        .collect();
-    daemon.write_bridges(&kafka_bridge(&bridge, &[&a, &b], &extra));
-    daemon.restart().await;
+    let both = scene.kafka_bridge(&[&a, &b], &extra);
+    let waiting = scene
+        .restart_while_waiting(&mut daemon, &a, 10..30, &both)
+        .await;
     let said = format!(
         "group `{group}` has no committed offset on {b}[0]: it starts at their end (start = \"latest\"), so the 4 record(s) they hold now are not bridged"
     );
     wait_log(&daemon, &said, 1).await;
 
-    let mut received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
-    received.extend(until_reading(&producer, &b, &rabbit, &queue).await);
-    let later: HashSet<String> = produce_numbered(&producer, &b, &run, 104..109)
-        .await
-        .into_iter()
-        .collect();
-    received.extend(take_ids(&rabbit, &queue, &later, Duration::from_secs(60)).await);
-    let ids = event_ids(&received);
-    assert!(
-        ids.is_superset(&waiting) && ids.is_superset(&later),
-        "missing {:?} {:?}; log: {}",
-        waiting.difference(&ids).collect::<Vec<_>>(),
-        later.difference(&ids).collect::<Vec<_>>(),
-        plain_log(&daemon)
-    );
-    assert!(ids.is_disjoint(&bridged), "committed records read again");
-    assert!(
-        ids.is_disjoint(&held_by_b),
-        "start = latest skipped what b held"
-    );
+    let mut ids = event_ids(&scene.take_ids(&waiting).await);
+    ids.extend(event_ids(&scene.until_reading(&b).await));
+    let later = scene.produce(&b, 104..109).await;
+    ids.extend(event_ids(&scene.take_ids(&later).await));
+    assert_arrived(&ids, &waiting.union(&later).cloned().collect(), &daemon);
+    assert_none_of(&ids, &bridged, "committed records read again");
+    assert_none_of(&ids, &held_by_b, "start = latest skipped what b held");
     wait_committed(&a, &group).await;
 }
 
@@ -1102,74 +1160,43 @@ async fn restart_adding_a_topic_with_start_latest_skips_only_what_it_held_and_sa
 /// 5 bridged before is read again.
 #[tokio::test]
 async fn removing_a_topic_keeps_its_offsets_and_listing_it_again_resumes() {
-    let (a, b) = (unique("kt-a"), unique("kt-b"));
-    create_topic(&a, 1).await;
-    create_topic(&b, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let (a, b) = (new_topic("kt-a").await, new_topic("kt-b").await);
+    let group = unique("g");
+    let scene = Scene::behind_proxy().await;
     let extra = format!("group_id = \"{group}\"");
-    let mut daemon = Daemon::start(
-        &proxy.amqp_url(),
-        &exchange,
-        &kafka_bridge(&bridge, &[&a, &b], &extra),
-    )
-    .await;
-    daemon.wait_ready().await;
-    let run = unique("r");
-    let mut bridged: HashSet<String> = HashSet::new();
-    bridged.extend(produce_numbered(&producer, &a, &run, 0..5).await);
-    bridged.extend(produce_numbered(&producer, &b, &run, 100..105).await);
-    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
-    assert_eq!(event_ids(&received), bridged, "log: {}", plain_log(&daemon));
+    let both = scene.kafka_bridge(&[&a, &b], &extra);
+    let mut daemon = scene.start(&both).await;
+    let mut bridged = scene.produce(&a, 0..5).await;
+    bridged.extend(scene.produce(&b, 100..105).await);
+    scene.expect_exactly(&daemon, &bridged).await;
     wait_committed(&a, &group).await;
     wait_committed(&b, &group).await;
 
-    cut_exchange(&proxy, &daemon).await;
-    let waiting_a: HashSet<String> = produce_numbered(&producer, &a, &run, 5..15)
-        .await
-        .into_iter()
-        .collect();
-    let mut waiting_b: HashSet<String> = produce_numbered(&producer, &b, &run, 105..115)
-        .await
-        .into_iter()
-        .collect();
-    daemon.write_bridges(&kafka_bridge(&bridge, &[&a], &extra));
+    scene.cut_exchange(&daemon).await;
+    let waiting_a = scene.produce(&a, 5..15).await;
+    let mut waiting_b = scene.produce(&b, 105..115).await;
+    daemon.write_bridges(&scene.kafka_bridge(&[&a], &extra));
     let said = format!(
         "key `topics`: `{b}` is no longer read; group `{group}` keeps its committed offsets there ({b}[0] at 5 (10 unread)), and listing it again resumes from them; until then 10 record(s) there are not bridged"
     );
     wait_log(&daemon, &said, 1).await;
-    proxy.restore();
-    let received = take_ids(&rabbit, &queue, &waiting_a, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(ids.is_superset(&waiting_a), "log: {}", plain_log(&daemon));
-    assert!(ids.is_disjoint(&waiting_b), "b is no longer read");
+    scene.restore_exchange();
+    let ids = scene.expect_ids(&daemon, &waiting_a).await;
+    assert_none_of(&ids, &waiting_b, "b is no longer read");
     wait_committed(&a, &group).await;
     // The accounting of b: every waiting record is still waiting for the group.
     assert_eq!(committed(&b, &group).await, vec![Some(5)]);
     assert_eq!(pending(&b, &group).await, Some(10));
 
     // Listed again after a restart: the group resumes from its committed offset.
-    assert_eq!(daemon.terminate(), Some(0));
-    waiting_b.extend(produce_numbered(&producer, &b, &run, 115..118).await);
-    daemon.write_bridges(&kafka_bridge(&bridge, &[&a, &b], &extra));
-    daemon.restart().await;
-    let received = take_ids(&rabbit, &queue, &waiting_b, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(
-        ids.is_superset(&waiting_b),
-        "missing {:?}; log: {}",
-        waiting_b.difference(&ids).collect::<Vec<_>>(),
-        plain_log(&daemon)
+    waiting_b.extend(
+        scene
+            .restart_while_waiting(&mut daemon, &b, 115..118, &both)
+            .await,
     );
-    assert!(
-        ids.is_disjoint(&bridged),
-        "records bridged before were read again"
-    );
+    scene
+        .expect_waiting_not_bridged(&daemon, &waiting_b, &bridged)
+        .await;
     wait_committed(&b, &group).await;
 }
 
@@ -1180,44 +1207,24 @@ async fn removing_a_topic_keeps_its_offsets_and_listing_it_again_resumes() {
 /// publishes all of them.
 #[tokio::test]
 async fn reload_changing_the_group_where_it_would_skip_records_is_refused() {
-    let topic = unique("kt");
-    create_topic(&topic, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge) = (unique("ex"), unique("b"));
+    let topic = new_topic("kt").await;
     let (old_group, new_group) = (unique("g-old"), unique("g-new"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let scene = Scene::behind_proxy().await;
+    let bridge = &scene.bridge;
     let table = |group: &str| {
-        kafka_bridge(
-            &bridge,
-            &[&topic],
-            &format!("group_id = \"{group}\"\nstart = \"latest\""),
-        )
+        let keys = format!("group_id = \"{group}\"\nstart = \"latest\"");
+        scene.kafka_bridge(&[&topic], &keys)
     };
-    let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table(&old_group)).await;
-    daemon.wait_ready().await;
-    let run = unique("r");
-    until_reading(&producer, &topic, &rabbit, &queue).await;
-    let bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
-        .await
-        .into_iter()
-        .collect();
-    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
-    assert!(event_ids(&received).is_superset(&bridged));
+    let daemon = scene.start(&table(&old_group)).await;
+    scene.until_reading(&topic).await;
+    let bridged = scene.produce(&topic, 0..5).await;
+    scene.expect_ids(&daemon, &bridged).await;
     wait_committed(&topic, &old_group).await;
-    let [Some(at)] = committed(&topic, &old_group).await[..] else {
-        panic!("one committed offset")
-    };
+    let at = committed_at(&topic, &old_group).await;
 
-    cut_exchange(&proxy, &daemon).await;
-    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..25)
-        .await
-        .into_iter()
-        .collect();
-    daemon.write_bridges(&table(&new_group));
+    let waiting = scene
+        .reload_while_waiting(&daemon, &topic, 5..25, &table(&new_group))
+        .await;
     let said = format!(
         "key `group_id`: changing it from `{old_group}` to `{new_group}` would skip 20 record(s): `{new_group}` has no committed offset on {topic}[0] and would start at their end (start = \"latest\"), where `{old_group}` has not read them yet ({topic}[0] at {at} (20 unread))"
     );
@@ -1231,7 +1238,7 @@ async fn reload_changing_the_group_where_it_would_skip_records_is_refused() {
             .unwrap_or_default()
             .to_owned();
         let status = daemon
-            .bridge_status(&bridge)
+            .bridge_status(bridge)
             .and_then(|b| b["status"]["last_error"].as_str().map(str::to_owned))
             .unwrap_or_default();
         reload.contains(&said) || status.contains(&said)
@@ -1239,27 +1246,20 @@ async fn reload_changing_the_group_where_it_would_skip_records_is_refused() {
     .await;
     let reload_refused = daemon.bridges()["config"]["last_error"]
         .as_str()
-        .is_some_and(|e| e.contains(&said) && e.contains(&bridge));
+        .is_some_and(|e| e.contains(&said) && e.contains(bridge.as_str()));
     if reload_refused {
-        daemon.wait_running(&bridge).await;
+        daemon.wait_running(bridge).await;
     }
     // The accounting at the refusal: all 20 wait for the old group, the new one has
     // nothing committed.
-    assert_eq!(pending(&topic, &old_group).await, Some(20));
-    assert_eq!(committed(&topic, &new_group).await, vec![None]);
+    assert_kept_by_old_group(&topic, &old_group, &new_group, 20).await;
 
     // Back to the old group (a no-op where the reload was refused): all 20 arrive.
     daemon.write_bridges(&table(&old_group));
-    proxy.restore();
-    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(
-        ids.is_superset(&waiting),
-        "missing {:?}; log: {}",
-        waiting.difference(&ids).collect::<Vec<_>>(),
-        plain_log(&daemon)
-    );
-    assert!(ids.is_disjoint(&bridged));
+    scene.restore_exchange();
+    scene
+        .expect_waiting_not_bridged(&daemon, &waiting, &bridged)
+        .await;
     wait_committed(&topic, &old_group).await;
     assert_eq!(committed(&topic, &new_group).await, vec![None]);
 }
@@ -1270,49 +1270,26 @@ async fn reload_changing_the_group_where_it_would_skip_records_is_refused() {
 /// offset the old group keeps.
 #[tokio::test]
 async fn reload_changing_the_group_with_start_earliest_reads_again_and_says_so() {
-    let topic = unique("kt");
-    create_topic(&topic, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge) = (unique("ex"), unique("b"));
+    let topic = new_topic("kt").await;
     let (old_group, new_group) = (unique("g-old"), unique("g-new"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
-    let table = |group: &str| kafka_bridge(&bridge, &[&topic], &format!("group_id = \"{group}\""));
-    let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table(&old_group)).await;
-    daemon.wait_ready().await;
-    let run = unique("r");
-    let bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
-        .await
-        .into_iter()
-        .collect();
-    let received = take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
-    let first_ids = event_ids(&received);
-    assert_eq!(first_ids, bridged);
+    let scene = Scene::behind_proxy().await;
+    let table = |group: &str| scene.kafka_bridge(&[&topic], &format!("group_id = \"{group}\""));
+    let daemon = scene.start(&table(&old_group)).await;
+    let bridged = scene.produce(&topic, 0..5).await;
+    scene.expect_exactly(&daemon, &bridged).await;
     wait_committed(&topic, &old_group).await;
 
-    cut_exchange(&proxy, &daemon).await;
-    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..25)
-        .await
-        .into_iter()
-        .collect();
-    daemon.write_bridges(&table(&new_group));
+    let waiting = scene
+        .reload_while_waiting(&daemon, &topic, 5..25, &table(&new_group))
+        .await;
     let said = format!(
         "key `group_id` changed from `{old_group}` to `{new_group}`: `{old_group}` keeps its committed offsets ({topic}[0] at 5 (20 unread)); `{new_group}` reads from its own, and has none on {topic}[0]: it starts there at the earliest offset (start = \"earliest\"), so records `{old_group}` bridged already are bridged again, with the same ids"
     );
     wait_log(&daemon, &said, 1).await;
-    proxy.restore();
+    scene.restore_exchange();
     let expected: HashSet<String> = waiting.union(&bridged).cloned().collect();
-    let received = take_ids(&rabbit, &queue, &expected, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(
-        ids.is_superset(&expected),
-        "missing {:?}; log: {}",
-        expected.difference(&ids).collect::<Vec<_>>(),
-        plain_log(&daemon)
-    );
+    let received = scene.take_ids(&expected).await;
+    assert_arrived(&event_ids(&received), &expected, &daemon);
     let (by_number, _) = ids_by_number(&received);
     assert_eq!(
         by_number.len(),
@@ -1330,64 +1307,42 @@ async fn reload_changing_the_group_with_start_earliest_reads_again_and_says_so()
 /// those stay committed there, and removing `group_id` again (a reload) publishes them.
 #[tokio::test]
 async fn restart_changing_the_group_reports_what_the_default_group_keeps() {
-    let topic = unique("kt");
-    create_topic(&topic, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge, new_group) = (unique("ex"), unique("b"), unique("g-new"));
-    let default_group = format!("broker-bridge-{bridge}");
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
+    let topic = new_topic("kt").await;
+    let new_group = unique("g-new");
+    let scene = Scene::direct().await;
+    let default_group = format!("broker-bridge-{}", scene.bridge);
     let latest = "start = \"latest\"";
-    let mut daemon = Daemon::start(
-        AMQP_URL,
-        &exchange,
-        &kafka_bridge(&bridge, &[&topic], latest),
-    )
-    .await;
-    daemon.wait_ready().await;
-    let run = unique("r");
-    until_reading(&producer, &topic, &rabbit, &queue).await;
-    let bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
-        .await
-        .into_iter()
-        .collect();
-    take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    let mut daemon = scene.start(&scene.kafka_bridge(&[&topic], latest)).await;
+    scene.until_reading(&topic).await;
+    let bridged = scene.produce(&topic, 0..5).await;
+    scene.expect_ids(&daemon, &bridged).await;
     wait_committed(&topic, &default_group).await;
-    let [Some(at)] = committed(&topic, &default_group).await[..] else {
-        panic!("one committed offset")
-    };
+    let at = committed_at(&topic, &default_group).await;
 
-    assert_eq!(daemon.terminate(), Some(0));
-    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..25)
-        .await
-        .into_iter()
-        .collect();
     let with_group = format!("{latest}\ngroup_id = \"{new_group}\"");
-    daemon.write_bridges(&kafka_bridge(&bridge, &[&topic], &with_group));
-    daemon.restart().await;
+    let waiting = scene
+        .restart_while_waiting(
+            &mut daemon,
+            &topic,
+            5..25,
+            &scene.kafka_bridge(&[&topic], &with_group),
+        )
+        .await;
     let held = at + 20;
     let said = format!(
         "group `{new_group}` has no committed offset on {topic}[0]: it starts at their end (start = \"latest\"), so the {held} record(s) they hold now are not bridged; the default group `{default_group}` has 20 unread record(s) on these topics ({topic}[0] at {at} (20 unread))"
     );
     wait_log(&daemon, &said, 1).await;
-    daemon.wait_running(&bridge).await;
+    daemon.wait_running(&scene.bridge).await;
     // The accounting: all 20 still wait for the default group, and the daemon said so.
     assert_eq!(pending(&topic, &default_group).await, Some(20));
-    let nothing = rabbit.take(&queue, 1, Duration::from_secs(2)).await;
+    let nothing = scene.take(1, Duration::from_secs(2)).await;
     assert!(nothing.is_empty(), "the new group started at the end");
 
-    daemon.write_bridges(&kafka_bridge(&bridge, &[&topic], latest));
-    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(
-        ids.is_superset(&waiting),
-        "missing {:?}; log: {}",
-        waiting.difference(&ids).collect::<Vec<_>>(),
-        plain_log(&daemon)
-    );
-    assert!(ids.is_disjoint(&bridged));
+    daemon.write_bridges(&scene.kafka_bridge(&[&topic], latest));
+    scene
+        .expect_waiting_not_bridged(&daemon, &waiting, &bridged)
+        .await;
     wait_committed(&topic, &default_group).await;
 }
 
@@ -1396,64 +1351,38 @@ async fn restart_changing_the_group_reports_what_the_default_group_keeps() {
 /// "earliest" the next 10 are, without reading the 15 committed ones again.
 #[tokio::test]
 async fn changing_start_keeps_the_committed_offsets_on_reload_and_restart() {
-    let topic = unique("kt");
-    create_topic(&topic, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let topic = new_topic("kt").await;
+    let group = unique("g");
+    let scene = Scene::behind_proxy().await;
     let table = |start: &str| {
-        kafka_bridge(
-            &bridge,
-            &[&topic],
-            &format!("group_id = \"{group}\"\nstart = \"{start}\""),
-        )
+        let keys = format!("group_id = \"{group}\"\nstart = \"{start}\"");
+        scene.kafka_bridge(&[&topic], &keys)
     };
-    let mut daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table("earliest")).await;
-    daemon.wait_ready().await;
-    let run = unique("r");
-    let mut bridged: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..5)
-        .await
-        .into_iter()
-        .collect();
-    take_ids(&rabbit, &queue, &bridged, Duration::from_secs(60)).await;
+    let mut daemon = scene.start(&table("earliest")).await;
+    let mut bridged = scene.produce(&topic, 0..5).await;
+    scene.expect_ids(&daemon, &bridged).await;
     wait_committed(&topic, &group).await;
 
-    cut_exchange(&proxy, &daemon).await;
-    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 5..15)
-        .await
-        .into_iter()
-        .collect();
-    daemon.write_bridges(&table("latest"));
+    let waiting = scene
+        .reload_while_waiting(&daemon, &topic, 5..15, &table("latest"))
+        .await;
     let said = format!(
         "key `start` changed from \"earliest\" to \"latest\": group `{group}` goes on from its committed offsets; start applies only where it has none (no partition)"
     );
     wait_log(&daemon, &said, 1).await;
-    proxy.restore();
-    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(ids.is_superset(&waiting), "log: {}", plain_log(&daemon));
-    assert!(ids.is_disjoint(&bridged));
+    scene.restore_exchange();
+    scene
+        .expect_waiting_not_bridged(&daemon, &waiting, &bridged)
+        .await;
     wait_committed(&topic, &group).await;
     bridged.extend(waiting);
 
-    assert_eq!(daemon.terminate(), Some(0));
-    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 15..25)
-        .await
-        .into_iter()
-        .collect();
-    daemon.write_bridges(&table("earliest"));
-    daemon.restart().await;
-    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(60)).await;
-    let ids = event_ids(&received);
-    assert!(ids.is_superset(&waiting), "log: {}", plain_log(&daemon));
-    assert!(
-        ids.is_disjoint(&bridged),
-        "earliest read committed records again"
-    );
+    let waiting = scene
+        .restart_while_waiting(&mut daemon, &topic, 15..25, &table("earliest"))
+        .await;
+    scene
+        .expect_waiting_not_bridged(&daemon, &waiting, &bridged)
+        .await;
     wait_committed(&topic, &group).await;
 }
 
@@ -1463,27 +1392,12 @@ async fn changing_start_keeps_the_committed_offsets_on_reload_and_restart() {
 /// topic held before the group started are not.
 #[tokio::test]
 async fn start_latest_holds_across_a_restart_before_the_first_record() {
-    let topic = unique("kt");
-    create_topic(&topic, 1).await;
-    let producer = producer();
-    let rabbit = Rabbit::connect().await;
-    let (exchange, bridge, group) = (unique("ex"), unique("b"), unique("g"));
-    let queue = rabbit
-        .bind(&exchange, &format!("event.acme.{bridge}.#"))
-        .await;
-    let run = unique("r");
-    let held: HashSet<String> = produce_numbered(&producer, &topic, &run, 0..3)
-        .await
-        .into_iter()
-        .collect();
+    let topic = new_topic("kt").await;
+    let group = unique("g");
+    let scene = Scene::direct().await;
+    let held = scene.produce(&topic, 0..3).await;
     let extra = format!("group_id = \"{group}\"\nstart = \"latest\"");
-    let mut daemon = Daemon::start(
-        AMQP_URL,
-        &exchange,
-        &kafka_bridge(&bridge, &[&topic], &extra),
-    )
-    .await;
-    daemon.wait_ready().await;
+    let mut daemon = scene.start(&scene.kafka_bridge(&[&topic], &extra)).await;
     wait_log(&daemon, "partitions assigned", 1).await;
     // The start is committed soon after the assignment (not asserted here: without it,
     // the loss shows below).
@@ -1494,13 +1408,9 @@ async fn start_latest_holds_across_a_restart_before_the_first_record() {
     }
 
     assert_eq!(daemon.terminate(), Some(0));
-    let waiting: HashSet<String> = produce_numbered(&producer, &topic, &run, 3..8)
-        .await
-        .into_iter()
-        .collect();
+    let waiting = scene.produce(&topic, 3..8).await;
     daemon.restart().await;
-    let received = take_ids(&rabbit, &queue, &waiting, Duration::from_secs(30)).await;
-    let ids = event_ids(&received);
+    let ids = event_ids(&scene.take_ids(&waiting).await);
     assert!(
         ids.is_superset(&waiting),
         "records produced while the daemon was stopped were skipped: {:?}; committed {:?}; log: {}",
@@ -1508,10 +1418,7 @@ async fn start_latest_holds_across_a_restart_before_the_first_record() {
         committed(&topic, &group).await,
         plain_log(&daemon)
     );
-    assert!(
-        ids.is_disjoint(&held),
-        "latest: what the topic held is not read"
-    );
+    assert_none_of(&ids, &held, "latest: what the topic held is not read");
     wait_committed(&topic, &group).await;
 }
 
@@ -1523,8 +1430,7 @@ async fn start_latest_holds_across_a_restart_before_the_first_record() {
 #[tokio::test]
 async fn verify_position_refuses_a_new_group_that_would_skip_records() {
     use broker_bridge::sources::{ConnectContext, SourceError, kafka};
-    let topic = unique("kt");
-    create_topic(&topic, 1).await;
+    let topic = new_topic("kt").await;
     let producer = producer();
     let run = unique("r");
     produce_numbered(&producer, &topic, &run, 0..3).await;
@@ -1575,8 +1481,7 @@ async fn verify_position_refuses_a_new_group_that_would_skip_records() {
         "nothing known about a bridge this process did not connect"
     );
     // The accounting: the 4 still wait for the old group; nothing moved, nothing new.
-    assert_eq!(pending(&topic, &old_group).await, Some(4));
-    assert_eq!(committed(&topic, &new_group).await, vec![None]);
+    assert_kept_by_old_group(&topic, &old_group, &new_group, 4).await;
     drop(source);
 }
 
