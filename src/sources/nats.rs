@@ -203,7 +203,15 @@ async fn connect_client(
     connection: &NatsConnection,
     bridge: &str,
 ) -> Result<async_nats::Client, SourceError> {
-    let mut options = async_nats::ConnectOptions::new()
+    connect_with(connection, bridge, async_nats::ConnectOptions::new()).await
+}
+
+async fn connect_with(
+    connection: &NatsConnection,
+    bridge: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, SourceError> {
+    let mut options = options
         .name(format!("broker-bridge/{bridge}"))
         // Once connected, the client reconnects and resubscribes by itself, forever.
         .max_reconnects(None)
@@ -323,7 +331,21 @@ pub async fn connect_core(
     spec: &NatsSpec,
     context: &ConnectContext,
 ) -> Result<Box<dyn Source>, SourceError> {
-    let client = connect_client(&spec.connection, &context.bridge).await?;
+    // The client's own queue for the subscription is bounded too: what it has no room
+    // for (a "slow consumer") it drops, and tells; that is counted like our overflow.
+    let queue = (context.max_in_flight_bytes / context.max_message_bytes.max(1)).clamp(16, 65_536);
+    let metrics = context.metrics.clone();
+    let options = async_nats::ConnectOptions::new()
+        .subscription_capacity(queue)
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            async move {
+                if let async_nats::Event::SlowConsumer(_) = event {
+                    metrics.drop_overflow();
+                }
+            }
+        });
+    let client = connect_with(&spec.connection, &context.bridge, options).await?;
     let subject = spec.keys.subject.clone();
     let subscriber = match &spec.keys.queue_group {
         Some(group) => client.queue_subscribe(subject, group.clone()).await,
