@@ -1044,24 +1044,15 @@ async fn report_what_an_edit_left(
             }
         }
     }
-    let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-        .and_then(|()| write_atomically(&path, &serde_json::to_vec(&now).unwrap_or_default()));
+    let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).and_then(|()| {
+        super::state_file::write_atomically(&path, &serde_json::to_vec(&now).unwrap_or_default())
+    });
     if let Err(error) = written {
         tracing::warn!(
             "cannot record the queue and bindings in {}: {error}; a later edit of them is not reported",
             path.display()
         );
     }
-}
-
-/// Temp file, fsync, rename.
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_data()?;
-    std::fs::rename(&temporary, path)
 }
 
 async fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, SetupError> {

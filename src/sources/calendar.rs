@@ -47,7 +47,7 @@
 //! The cursor, `<state_dir>/calendar/<bridge>.json`, holds the last tick confirmed by the
 //! exchange (RFC 3339 UTC). It advances only after the publisher confirm: while ticks are
 //! caught up several are in flight, and the cursor is the end of the contiguous
-//! confirmed prefix (`in_order`). It is written atomically (temp file + rename). A first
+//! confirmed prefix (`in_order`). It is written atomically (`state_file`). A first
 //! start without a cursor file writes "now": nothing from the past is emitted.
 //!
 //! One rule covers restarts and exchange outages: when the bridge asks for the next tick
@@ -578,9 +578,8 @@ fn read_cursor(path: &Path) -> Result<Option<Stored>, SourceError> {
         })
 }
 
-/// Writes the cursor atomically: temp file, fsync, rename.
+/// Writes the cursor atomically (`state_file`).
 fn write_cursor(path: &Path, tick: DateTime<Utc>, schedule: &Fingerprint) -> std::io::Result<()> {
-    use std::io::Write;
     #[derive(Serialize)]
     struct Written<'a> {
         last_tick: String,
@@ -591,11 +590,7 @@ fn write_cursor(path: &Path, tick: DateTime<Utc>, schedule: &Fingerprint) -> std
         schedule,
     })
     .expect("serializable");
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&contents)?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)
+    super::state_file::write_atomically(path, &contents)
 }
 
 /// Ticks handed to the bridge and not yet confirmed, and the cursor they advance.

@@ -14,6 +14,7 @@ pub mod mqtt;
 pub mod nats;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod state_file;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 

@@ -965,8 +965,8 @@ fn previous_record(path: &Path, bridge: &str) -> Option<SessionRecord> {
     }
 }
 
-/// Keeps the record in this process and, when it changed, in the state_dir (atomically:
-/// temp file, fsync, rename).
+/// Keeps the record in this process and, when it changed, in the state_dir (atomically,
+/// `state_file`).
 fn keep_record(path: &Path, bridge: &str, record: SessionRecord, previous: Option<&SessionRecord>) {
     RECORDS
         .lock()
@@ -975,14 +975,11 @@ fn keep_record(path: &Path, bridge: &str, record: SessionRecord, previous: Optio
     if previous == Some(&record) {
         return;
     }
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        std::fs::create_dir_all(path.parent().expect("a file in <state_dir>/mqtt"))?;
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(&record).expect("serializable"))?;
-        file.sync_data()?;
-        std::fs::rename(&tmp, path)
+    let write = || {
+        super::state_file::write_atomically(
+            path,
+            &serde_json::to_vec_pretty(&record).expect("serializable"),
+        )
     };
     if let Err(e) = write() {
         tracing::warn!(

@@ -21,7 +21,7 @@
 //!
 //! The cursor advances only after the publisher confirm: the acker of an event marks it
 //! confirmed, and the *watermark* (the greatest key such that every event of a key up to
-//! it is confirmed) is written atomically (temp file + rename) to `<bridge>.progress`.
+//! it is confirmed) is written atomically (`state_file`) to `<bridge>.progress`.
 //! After a crash or restart, the effective index is `index.next` up to the watermark
 //! followed by `index` past it, so confirmed events are not published again, and an
 //! event that was published but not confirmed is published again with the same id
@@ -29,8 +29,8 @@
 //! `index.next` atomically replaces `index`. Objects written while the daemon was down
 //! are simply not in the index, so the next poll publishes them.
 //!
-//! Writes are atomic against a killed process (rename); the index is `fsync`ed when a
-//! poll completes.
+//! Every file is replaced as `state_file` does (fsync, rename, fsync of the directory),
+//! so a crash or power loss leaves the old version or the new one.
 //!
 //! # Edited filters and buckets
 //!
@@ -342,13 +342,6 @@ fn write_line<T: Serialize>(out: &mut impl Write, value: &T) -> std::io::Result<
     out.write_all(b"\n")
 }
 
-/// Writes `contents` to `path` atomically (temp file + rename).
-fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// After a restart: folds an unfinished poll (`index.next` up to the watermark, `index`
 /// past it) into `index`.
 fn recover(files: &Files, header: &Header) -> Result<(), SourceError> {
@@ -384,7 +377,8 @@ fn recover(files: &Files, header: &Header) -> Result<(), SourceError> {
         }
         let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
         file.sync_all().map_err(write_err)?;
-        std::fs::rename(&tmp, &files.index).map_err(|e| io_error("write", &files.index, e))?;
+        super::state_file::replace(&tmp, &files.index)
+            .map_err(|e| io_error("write", &files.index, e))?;
         tracing::info!(%watermark, "cursor recovered from an unfinished poll");
     }
     let _ = std::fs::remove_file(&files.next);
@@ -449,7 +443,7 @@ impl Cursor {
                 watermark: watermark.clone(),
             })
             .expect("serializable");
-            write_atomic(&self.files.progress, &progress)?;
+            super::state_file::write_atomically(&self.files.progress, &progress)?;
             self.written = watermark;
         }
         Ok(())
@@ -784,7 +778,7 @@ impl S3Source {
             let werr = |e| io_error("write", &files.next, e);
             let file = next.into_inner().map_err(|e| werr(e.into_error()))?;
             file.sync_all().map_err(werr)?;
-            std::fs::rename(&files.next, &files.index)
+            super::state_file::replace(&files.next, &files.index)
                 .map_err(|e| io_error("write", &files.index, e))?;
         }
         let _ = std::fs::remove_file(&files.progress);
