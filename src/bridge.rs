@@ -56,8 +56,6 @@ pub struct StatusSnapshot {
     /// When the bridge last stopped running after it had been running (for the
     /// readiness grace); `None` while running or before its first connect.
     pub down_since: Option<DateTime<Utc>>,
-    /// Times the bridge task panicked and was started again.
-    pub restarts: u64,
     pub started_at: DateTime<Utc>,
 }
 
@@ -72,7 +70,6 @@ impl BridgeStatus {
             connects: 0,
             connected_since: None,
             down_since: None,
-            restarts: 0,
             started_at: Utc::now(),
         }))
     }
@@ -171,7 +168,7 @@ pub struct Bridge {
 
 /// Runs a bridge (`run`) and starts it again, after a backoff, whenever its task
 /// panics: a bug in one bridge never stops it for good, and shows in `/bridges`
-/// (`restarting`, the panic, a restart count), `bridge_up` and `bridge_panics_total`.
+/// (`restarting`, the panic, the restart counter), `bridge_up` and `bridge_panics_total`.
 pub async fn supervise(bridge: Bridge) {
     let mut backoff = Backoff::new(bridge.spec.backoff.clone());
     let Bridge {
@@ -196,7 +193,6 @@ pub async fn supervise(bridge: Bridge) {
             s.state = State::Restarting;
             s.last_error = Some(format!("panicked: {panic}"));
             s.connected_since = None;
-            s.restarts += 1;
         });
         if !backoff.wait(&stop).await {
             status.update(|s| s.state = State::Stopped);
@@ -336,7 +332,6 @@ async fn run(bridge: Bridge) {
     .await
 }
 
-/// Pulls until the source fails (`Err`) or `stop` fires (`Ok`).
 /// What a bridge holds unacknowledged at most: `max_in_flight` messages and
 /// `max_in_flight_bytes` of payload.
 struct Bounds {
@@ -351,6 +346,7 @@ struct Permits {
     _bytes: OwnedSemaphorePermit,
 }
 
+/// Pulls until the source fails (`Err`) or `stop` fires (`Ok`).
 async fn pump(
     mut source: Box<dyn Source>,
     shared: &Arc<Shared>,
@@ -534,15 +530,9 @@ async fn deliver(
             break;
         }
     }
-    if let Some(error) = refused {
-        if message.normalized.is_err() {
-            shared.fail(format!(
-                "the exchange refused a dead letter ({error}); the message stays unacknowledged at the source"
-            ));
-            return;
-        }
-        // The exchange refused an event for good: the message is dead-lettered instead
-        // (events of it already confirmed stay published).
+    // The exchange refused an event for good: the message is dead-lettered instead
+    // (events of it already confirmed stay published).
+    if let Some(error) = refused.take_if(|_| message.normalized.is_ok()) {
         let reason = match error {
             PublishError::TooLarge { .. } => RejectReason::TooLarge,
             PublishError::Unencodable(_) => RejectReason::TooLong,
@@ -555,13 +545,17 @@ async fn deliver(
         });
         let letter = message.outbounds(&publisher, &shared).swap_remove(0);
         let first = publisher.send(&letter).await;
-        let (_, confirmed) = confirm_one(&message, &shared, publisher, 0, letter, first).await;
-        if let Err(error) = confirmed {
-            shared.fail(format!(
-                "the exchange refused a dead letter ({error}); the message stays unacknowledged at the source"
-            ));
-            return;
-        }
+        refused = confirm_one(&message, &shared, publisher, 0, letter, first)
+            .await
+            .1
+            .err();
+    }
+    // A dead letter the exchange refuses cannot go anywhere: stop before losing it.
+    if let Some(error) = refused {
+        shared.fail(format!(
+            "the exchange refused a dead letter ({error}); the message stays unacknowledged at the source"
+        ));
+        return;
     }
     let dead_lettered = match &message.normalized {
         Ok(events) => {

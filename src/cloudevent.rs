@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 
 /// Media type of a structured-mode CloudEvent.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The content type structured-mode events are published with.
+pub const STRUCTURED_CONTENT_TYPE_UTF8: &str = "application/cloudevents+json; charset=utf-8";
 
 /// Header prefixes that carry binary-mode attributes: HTTP/AMQP (Knative), Kafka, AMQP 1.0.
 pub const BINARY_HEADER_PREFIXES: [&str; 4] = ["ce-", "ce_", "cloudEvents:", "cloudEvents_"];

@@ -21,8 +21,13 @@ pub fn word(text: &str) -> String {
         .collect()
 }
 
+/// The words, each made a topic-exchange word, joined with dots.
+fn join(words: &[&str]) -> String {
+    words.iter().map(|w| word(w)).collect::<Vec<_>>().join(".")
+}
+
 fn join_capped(words: &[&str]) -> String {
-    let mut key = words.iter().map(|w| word(w)).collect::<Vec<_>>().join(".");
+    let mut key = join(words);
     // Sanitised keys are ASCII, so any byte index is a char boundary.
     key.truncate(MAX_ROUTING_KEY_BYTES);
     while key.ends_with('.') {
@@ -34,11 +39,7 @@ fn join_capped(words: &[&str]) -> String {
 /// `event.<tenant>.<source>.<type>`. A key over 255 bytes is an error, never cut: a cut
 /// key could route the event where its full key would not.
 pub fn event_key(tenant: &str, source_name: &str, event_type: &str) -> Result<String, String> {
-    let key = ["event", tenant, source_name, event_type]
-        .iter()
-        .map(|w| word(w))
-        .collect::<Vec<_>>()
-        .join(".");
+    let key = join(&["event", tenant, source_name, event_type]);
     if key.len() > MAX_ROUTING_KEY_BYTES {
         return Err(format!(
             "the routing key would be {} bytes (type `{}`); AMQP allows at most {MAX_ROUTING_KEY_BYTES}",

@@ -31,18 +31,24 @@ pub fn constant(value: &'static str) -> ShortString {
     ShortString::try_new(value).unwrap_or_default()
 }
 
-/// The start of a value from outside, for error texts: at most 64 bytes (cut on a
-/// character boundary), with its full length when cut.
+/// The longest prefix of `text` of at most `max` bytes that ends on a character
+/// boundary: the one way outside text is cut to a bound.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The start of a value from outside, for error texts: at most 64 bytes, with its full
+/// length when cut.
 pub fn preview(text: &str) -> String {
     const SHOWN: usize = 64;
     if text.len() <= SHOWN {
         return text.to_owned();
     }
-    let mut end = SHOWN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
+    format!("{}… ({} bytes)", cut(text, SHOWN), text.len())
 }
 
 /// Whether `value` fits a short string.

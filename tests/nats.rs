@@ -357,7 +357,7 @@ async fn a_bridge_task_that_panics_is_restarted_and_seen_everywhere() {
     })
     .await;
     let status = daemon.bridge_status(&bridge).unwrap();
-    assert_eq!(status["status"]["restarts"], 1);
+    assert_eq!(status["counters"]["restarts"], 1);
     assert!(
         status["status"]["last_error"]
             .as_str()

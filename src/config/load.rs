@@ -11,8 +11,6 @@ use serde_json::Value;
 use super::{BridgeSpec, CommonKeys, Config, PayloadFormat, TopLevel, fields};
 use crate::short_string::MAX_SHORT_STRING;
 
-/// Room for a dead letter's headers besides its body sample (each header is capped).
-pub const DEADLETTER_HEADROOM: usize = 8 * 1024;
 use crate::sources;
 use crate::template::Template;
 
@@ -485,7 +483,7 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
     let deadletter_size = top
         .defaults
         .deadletter_sample_bytes
-        .saturating_add(DEADLETTER_HEADROOM);
+        .saturating_add(super::DEADLETTER_HEADROOM);
     if deadletter_size > exchange.max_message_size {
         return Err(ConfigError::Key {
             key: "defaults.deadletter_sample_bytes".into(),

@@ -76,6 +76,9 @@ pub struct ExchangeConfig {
     pub max_message_size: usize,
 }
 
+/// Room for a dead letter's headers besides its body (each header is capped).
+pub const DEADLETTER_HEADROOM: usize = 8 * 1024;
+
 /// RabbitMQ 4's default `max_message_size`.
 pub const RABBITMQ_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 

@@ -16,13 +16,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::cloudevent::CloudEvent;
-
-/// The content type of structured-mode messages on the exchange.
-const STRUCTURED_CONTENT_TYPE_UTF8: &str = "application/cloudevents+json; charset=utf-8";
+use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE_UTF8};
 use crate::config::{ContentMode, ExchangeConfig};
 use crate::metrics::Registry;
-use crate::short_string::{BINARY_HEADER_PREFIX, TooLong, constant, lower_hex, short_string};
+use crate::short_string::{BINARY_HEADER_PREFIX, TooLong, constant, cut, lower_hex, short_string};
 
 /// A value `normalize` should have kept within bounds but did not: logged, left out.
 fn fitting(checked: Result<ShortString, TooLong>) -> Option<ShortString> {
@@ -317,13 +314,20 @@ impl Publisher {
         if let Some(subject) = letter.subject {
             put(SUBJECT_HEADER, subject);
         }
+        // Whatever the reason, the body leaves room for the headers under the exchange's
+        // limit (an invalid message may be as large as max_message_bytes allows).
+        let sample_bytes = letter.sample_bytes.min(
+            self.config
+                .max_message_size
+                .saturating_sub(crate::config::DEADLETTER_HEADROOM),
+        );
         let mut body = letter.payload;
-        if body.len() > letter.sample_bytes {
+        if body.len() > sample_bytes {
             let digest = sha2::Sha256::digest(&body);
             put(ORIGINAL_SIZE_HEADER, &body.len().to_string());
             put(ORIGINAL_SHA256_HEADER, &lower_hex(&digest));
             put(TRUNCATED_HEADER, "true");
-            body.truncate(letter.sample_bytes);
+            body.truncate(sample_bytes);
         }
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -350,11 +354,7 @@ fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }
-    let mut end = max - '…'.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end]).into()
+    format!("{}…", cut(text, max - '…'.len_utf8())).into()
 }
 
 /// Tells the connection manager that the connection of `generation` failed.

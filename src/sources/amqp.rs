@@ -70,14 +70,10 @@ use crate::routing;
 /// the bridge: the whole setup is bounded, then retried with backoff.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// AMQP short strings (queue, exchange, binding key, consumer tag) hold at most 255 bytes.
-use crate::short_string::{MAX_SHORT_STRING, TooLong, constant};
-
-/// A short string of a value checked when the config was loaded; one that still does
-/// not fit is a setup error, never a panic.
-fn wire(what: &'static str, value: &str) -> Result<ShortString, TooLong> {
-    crate::short_string::short_string(what, value)
-}
+// AMQP short strings (queue, exchange, binding key, consumer tag) hold at most 255
+// bytes: checked when the config is loaded, and built through `short_string` (a value
+// that still does not fit is a setup error, never a panic).
+use crate::short_string::{MAX_SHORT_STRING, TooLong, constant, short_string as wire};
 
 /// AMQP properties offered to templates as if they were headers, e.g.
 /// `type = "{header:amqp-type}"` or `tenant = "{header:amqp-user-id}"` (RabbitMQ checks
@@ -1044,9 +1040,7 @@ async fn report_what_an_edit_left(
             }
         }
     }
-    let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).and_then(|()| {
-        super::state_file::write_atomically(&path, &serde_json::to_vec(&now).unwrap_or_default())
-    });
+    let written = super::state_file::write_json(&path, &now);
     if let Err(error) = written {
         tracing::warn!(
             "cannot record the queue and bindings in {}: {error}; a later edit of them is not reported",
@@ -1223,13 +1217,7 @@ fn header_text(value: &AMQPValue) -> String {
             json => json.to_string(),
         },
     };
-    if text.len() > MAX_HEADER_TEXT {
-        let mut end = MAX_HEADER_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    text.truncate(crate::short_string::cut(&text, MAX_HEADER_TEXT).len());
     text
 }
 

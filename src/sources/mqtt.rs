@@ -975,12 +975,7 @@ fn keep_record(path: &Path, bridge: &str, record: SessionRecord, previous: Optio
     if previous == Some(&record) {
         return;
     }
-    let write = || {
-        super::state_file::write_atomically(
-            path,
-            &serde_json::to_vec_pretty(&record).expect("serializable"),
-        )
-    };
+    let write = || super::state_file::write_json(path, &record);
     if let Err(e) = write() {
         tracing::warn!(
             path = %path.display(),
@@ -1145,7 +1140,7 @@ pub async fn connect(
             Control::SubAck(_) => Some("answered with a SUBACK".to_owned()),
         };
         match refused {
-            None => tracing::info!(
+            None => tracing::warn!(
                 %client_id,
                 "unsubscribed `{filter}` (no longer in `topics`): what the broker queued \
                  for it before is still delivered and bridged (Mosquitto does; a broker \

@@ -582,15 +582,28 @@ pub async fn verify_jetstream(
         // A missing stream holds no position; connecting reports it.
         return Ok(());
     };
+    existing_consumer(&stream, spec, bridge, max_in_flight)
+        .await
+        .map(drop)
+}
+
+/// How to consume the bridge's durable consumer if it exists (`None`: it does not);
+/// `SourceError::Refused` when using it would move it.
+async fn existing_consumer(
+    stream: &jetstream::stream::Stream,
+    spec: &JetStreamSpec,
+    bridge: &str,
+    max_in_flight: usize,
+) -> Result<Option<ConsumerPlan>, SourceError> {
     let durable = spec.consumer_name(bridge);
     match stream.consumer_info(&durable).await {
         Ok(info) => {
             let wanted = spec.consumer_config(bridge, max_in_flight);
             plan_existing_consumer(&info, &wanted, &spec.keys.stream)
-                .map(drop)
+                .map(Some)
                 .map_err(SourceError::Refused)
         }
-        Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(()),
+        Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
         Err(err) => Err(SourceError::Connect(format!("consumer `{durable}`: {err}"))),
     }
 }
@@ -624,35 +637,29 @@ pub async fn connect_jetstream(
         }
     };
     let durable = spec.consumer_name(&context.bridge);
-    let wanted = spec.consumer_config(&context.bridge, context.max_in_flight);
-    let consumer: jetstream::consumer::PullConsumer = match stream.consumer_info(&durable).await {
-        Ok(info) => match plan_existing_consumer(&info, &wanted, &keys.stream)
-            .map_err(SourceError::Refused)?
-        {
-            ConsumerPlan::UseAsItIs { notes } => {
-                for note in notes {
-                    tracing::warn!(consumer = %durable, "{note}");
-                }
-                stream
-                    .get_consumer(&durable)
-                    .await
-                    .map_err(|e| SourceError::Connect(format!("consumer `{durable}`: {e}")))?
+    let plan = existing_consumer(&stream, spec, &context.bridge, context.max_in_flight).await?;
+    let consumer: jetstream::consumer::PullConsumer = match plan {
+        Some(ConsumerPlan::UseAsItIs { notes }) => {
+            for note in notes {
+                tracing::warn!(consumer = %durable, "{note}");
             }
-            ConsumerPlan::Update { config, changes } => {
-                tracing::info!(consumer = %durable, changes = %changes.join(", "), "updating our consumer");
-                stream.update_consumer(*config).await.map_err(|e| {
-                    SourceError::Connect(format!("cannot update consumer `{durable}`: {e}"))
-                })?
-            }
-        },
-        Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => {
+            stream
+                .get_consumer(&durable)
+                .await
+                .map_err(|e| SourceError::Connect(format!("consumer `{durable}`: {e}")))?
+        }
+        Some(ConsumerPlan::Update { config, changes }) => {
+            tracing::info!(consumer = %durable, changes = %changes.join(", "), "updating our consumer");
+            stream.update_consumer(*config).await.map_err(|e| {
+                SourceError::Connect(format!("cannot update consumer `{durable}`: {e}"))
+            })?
+        }
+        None => {
             tracing::info!(consumer = %durable, "creating the durable consumer");
+            let wanted = spec.consumer_config(&context.bridge, context.max_in_flight);
             stream.create_consumer_strict(wanted).await.map_err(|e| {
                 SourceError::Connect(format!("cannot create consumer `{durable}`: {e}"))
             })?
-        }
-        Err(err) => {
-            return Err(SourceError::Connect(format!("consumer `{durable}`: {err}")));
         }
     };
     let messages = consumer

@@ -20,6 +20,11 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     replace(&temporary, path)
 }
 
+/// Replaces `path` with `value` as JSON.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_atomically(path, &serde_json::to_vec_pretty(value)?)
+}
+
 /// Moves a finished, fsynced file over `to`, and makes the move durable.
 pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)?;
