@@ -1496,7 +1496,8 @@ struct Standing {
     committed: Option<i64>,
     /// The oldest offset still in the log.
     low: i64,
-    /// The high watermark: the offset the next record will get.
+    /// The end of what a consumer of this isolation level can read: the high
+    /// watermark, or the last stable offset under `read_committed`.
     end: i64,
 }
 
@@ -1857,7 +1858,8 @@ pub async fn verify_position(spec: &KafkaSpec, bridge: &str) -> Result<(), Sourc
 
 /// Reports where the group starts and what an edit left behind, before subscribing;
 /// refuses a change of `group_id` that would skip records. A survey that fails is
-/// reported and changes nothing (the group reads from its committed offsets as always).
+/// reported and changes nothing (the group reads from its committed offsets as always),
+/// except after a change to a new group with `start = "latest"`, which then waits.
 async fn report_start(
     spec: &KafkaSpec,
     bridge: &str,
@@ -1872,6 +1874,10 @@ async fn report_start(
         let mut closed = last.closed.clone();
         let _ = tokio::time::timeout(CLOSE_WAIT, closed.wait_for(|closed| *closed)).await;
     }
+    // A new group starting at the end is the one edit that can skip records: without
+    // the survey it cannot be told safe, so it waits (retried) instead of going ahead.
+    let group_changed_to_latest =
+        spec.start == Start::Latest && last.as_ref().is_some_and(|last| last.group != group);
     let surveyed = {
         let spec = spec.clone();
         let bridge = bridge.to_owned();
@@ -1881,6 +1887,11 @@ async fn report_start(
     };
     let survey = match surveyed {
         Ok(survey) => survey,
+        Err(error) if group_changed_to_latest => {
+            return Err(SourceError::Connect(format!(
+                "key `group_id`: cannot tell whether the new group `{group}` would skip records the previous group has not read ({error}); trying again"
+            )));
+        }
         Err(error) => {
             tracing::warn!(%group, %error, "cannot tell where the consumer group starts on its topics; it reads from its committed offsets, and from `start` where it has none");
             return Ok(HashMap::new());
