@@ -82,6 +82,11 @@ impl BridgeStatus {
         let mut status = self.0.lock().expect("status lock");
         let was_running = status.state == State::Running;
         change(&mut status);
+        // Errors come from client libraries, which may quote a URL or a value they
+        // were given: `/bridges` and `/readyz` show this text.
+        if let Some(error) = &mut status.last_error {
+            *error = crate::secret::scrub(error);
+        }
         match (was_running, status.state == State::Running) {
             (true, false) => status.down_since = Some(Utc::now()),
             (_, true) => status.down_since = None,

@@ -15,8 +15,10 @@ use broker_bridge::cloudevent::{
 };
 use broker_bridge::config::{self, ExchangeConfig};
 use broker_bridge::exchange::{Delivered, Publisher};
+use broker_bridge::logging::LogOutput;
 use broker_bridge::metrics::Registry;
 use broker_bridge::notify::{self, Notifier};
+use broker_bridge::secret;
 use broker_bridge::sources::Verdict;
 use broker_bridge::{admin, routing, supervisor};
 
@@ -126,12 +128,17 @@ const DEFAULT_LOG_FILTER: &str = "info,lapin=warn,lapin::returned_messages=error
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
+        // Request data in a record cannot start a forged line: control characters are
+        // escaped (and no colour codes, which would be escaped too). Both formats are
+        // scrubbed of secrets.
+        LogFormat::Text => builder
+            .with_ansi(false)
+            .with_writer(LogOutput { escape: true })
+            .init(),
         LogFormat::Json => builder
+            .with_writer(LogOutput { escape: false })
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -165,11 +172,12 @@ fn main() -> ExitCode {
         return match probe(url, PROBE_TIMEOUT) {
             Ok(status) => {
                 // Docker keeps the output of the last health checks: say what answered.
-                let _ = print_stdout(&format!("{url}: {status}\n"));
+                let _ = print_stdout(&format!("{}: {status}\n", secret::redact_url(url)));
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                eprintln!("error: {error:#}");
+                // The URL is quoted in errors: never with its password.
+                eprintln!("error: {}", secret::redact_url(&format!("{error:#}")));
                 ExitCode::FAILURE
             }
         };
@@ -245,7 +253,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Client libraries' errors (the exchange's, a source's) may quote a URL or a
+            // value they were given.
+            eprintln!("error: {}", secret::scrub(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
@@ -261,7 +271,23 @@ fn exchange_config(path: Option<&std::path::Path>) -> anyhow::Result<ExchangeCon
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let loaded = config::load(&path)?;
     let registry = Arc::new(Registry::default());
-    let listen = loaded.config.admin.listen;
+    let admin_config = loaded.config.admin.clone();
+    let listen = admin_config.listen;
+    match broker_bridge::listener::raise_open_file_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft, hard, "open file limit (RLIMIT_NOFILE)");
+            let wanted =
+                (admin_config.max_connections + loaded.config.webhook.max_connections) as u64;
+            if wanted > soft {
+                tracing::warn!(
+                    soft,
+                    wanted,
+                    "[admin] and [webhook] max_connections add up to more than the open file limit; raise LimitNOFILE= or lower them"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     for bridge in &loaded.config.bridges {
         tracing::info!(bridge = %bridge.name, kind = bridge.kind(), "{}", bridge.source.describe());
     }
@@ -271,7 +297,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let notifier = Arc::new(Notifier::from_env());
     notifier.spawn_watchdog();
     let supervisor = supervisor::Supervisor::start(&path, loaded.config, registry);
-    let address = admin::serve(listen, supervisor.shared())
+    let address = admin::serve(&admin_config, supervisor.shared())
         .await
         .with_context(|| format!("admin listener on {listen}"))?;
     tracing::info!(%address, "admin listener up (/metrics /healthz /readyz /bridges)");
@@ -283,6 +309,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
     use std::fmt::Write;
     let loaded = config::load(&path)?;
+    for file in &loaded.secret_files {
+        warn_if_readable_by_others(file);
+    }
     let config = loaded.config;
     let mut out = String::new();
     writeln!(
@@ -291,7 +320,7 @@ async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
         config.exchange.name,
         config.exchange.kind,
         config.exchange.content_mode,
-        redact(&config.exchange.url)
+        config.exchange.url.redacted()
     )?;
     for file in &loaded.files {
         writeln!(out, "file {}", file.display())?;
@@ -305,7 +334,7 @@ async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
             "bridge `{}`: kind {}, tenant `{}`, routing key {} (dead letters: {})",
             bridge.name,
             bridge.kind(),
-            bridge.tenant,
+            bridge.tenant_setting(),
             bridge.routing_pattern(),
             bridge.deadletter_pattern(),
         )?;
@@ -323,11 +352,20 @@ async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
         for (bridge, verdict) in config.bridges.iter().zip(verdicts) {
             match verdict {
                 Verdict::Safe => writeln!(out, "bridge `{}`: source verified", bridge.name)?,
-                Verdict::Unverified(why) => {
-                    writeln!(out, "bridge `{}`: source not verified: {why}", bridge.name)?
-                }
+                // A source's answer may quote what it was given.
+                Verdict::Unverified(why) => writeln!(
+                    out,
+                    "bridge `{}`: source not verified: {}",
+                    bridge.name,
+                    secret::scrub(&why)
+                )?,
                 Verdict::Refused(why) => {
-                    writeln!(out, "bridge `{}`: source refused: {why}", bridge.name)?;
+                    writeln!(
+                        out,
+                        "bridge `{}`: source refused: {}",
+                        bridge.name,
+                        secret::scrub(&why)
+                    )?;
                     refused.push(bridge.name.clone());
                 }
             }
@@ -341,8 +379,26 @@ async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
         );
     }
     writeln!(out, "ok: {} bridge(s)", config.bridges.len())?;
+    // The rest is made of the typed config, whose secrets show redacted: scrubbing it
+    // too would mask any path or name that happens to equal a secret's value.
     print_stdout(&out)?;
     Ok(())
+}
+
+/// Warns, as ssh does, when a file that holds secrets can be read by others than its
+/// owner.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "warning: {path} holds secrets and is readable by others (mode {mode:04o}); chmod 600 {path}",
+            path = path.display()
+        );
+    }
 }
 
 /// How long `probe` waits for the status line, name resolution and connect included.
@@ -532,20 +588,6 @@ fn print_stdout(text: &str) -> std::io::Result<bool> {
     }
 }
 
-/// Hides the password of a URL for printing.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn emit(
     exchange: ExchangeConfig,
@@ -621,10 +663,12 @@ async fn emit(
 async fn tail(exchange: ExchangeConfig, pattern: String, count: Option<u64>) -> anyhow::Result<()> {
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
-    let connection =
-        lapin::Connection::connect(&exchange.url, lapin::ConnectionProperties::default())
-            .await
-            .context("connecting to the exchange")?;
+    let connection = lapin::Connection::connect(
+        exchange.url.expose(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .context("connecting to the exchange")?;
     let channel = connection.create_channel().await?;
     let short = |what, value: &str| {
         broker_bridge::short_string::short_string(what, value).map_err(anyhow::Error::from)

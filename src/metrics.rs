@@ -58,15 +58,26 @@ pub struct BridgeMetrics {
     pub end_to_end: Histogram,
     /// Webhook requests answered with an error before they became a message.
     pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Webhook deliveries answered 200 without publishing: their delivery id was
+    /// published within the replay window.
+    pub duplicates: AtomicU64,
 }
 
-/// Why a webhook request was refused (`bridge_requests_refused_total{reason}`).
+/// Why a webhook request was refused (`bridge_requests_refused_total{reason}`). Every
+/// failed authentication gets the same answer (403); only this label and the log tell
+/// them apart, so a scanner cannot learn which tokens exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// 401: a credential is missing.
-    Unauthorized,
-    /// 403: a credential is wrong.
-    Forbidden,
+    /// A configured credential (token, signature, timestamp) is missing.
+    MissingCredential,
+    /// A path or bearer token is wrong.
+    WrongToken,
+    /// A signature header that cannot be read.
+    MalformedSignature,
+    /// A signature that does not match.
+    BadSignature,
+    /// A signed timestamp outside `timestamp_tolerance`.
+    StaleTimestamp,
     /// 405.
     MethodNotAllowed,
     /// 413: larger than `max_message_bytes`.
@@ -80,9 +91,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
-        Refusal::Unauthorized,
-        Refusal::Forbidden,
+    pub const ALL: [Refusal; 10] = [
+        Refusal::MissingCredential,
+        Refusal::WrongToken,
+        Refusal::MalformedSignature,
+        Refusal::BadSignature,
+        Refusal::StaleTimestamp,
         Refusal::MethodNotAllowed,
         Refusal::TooLarge,
         Refusal::UnsupportedMediaType,
@@ -92,14 +106,29 @@ impl Refusal {
 
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::Unauthorized => "unauthorized",
-            Refusal::Forbidden => "forbidden",
+            Refusal::MissingCredential => "missing_credential",
+            Refusal::WrongToken => "wrong_token",
+            Refusal::MalformedSignature => "malformed_signature",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::StaleTimestamp => "stale_timestamp",
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::TooLarge => "too_large",
             Refusal::UnsupportedMediaType => "unsupported_media_type",
             Refusal::Unavailable => "unavailable",
             Refusal::Timeout => "timeout",
         }
+    }
+
+    /// A failed authentication, answered like every other one.
+    pub fn is_authentication(self) -> bool {
+        matches!(
+            self,
+            Refusal::MissingCredential
+                | Refusal::WrongToken
+                | Refusal::MalformedSignature
+                | Refusal::BadSignature
+                | Refusal::StaleTimestamp
+        )
     }
 }
 
@@ -115,6 +144,92 @@ impl BridgeMetrics {
             self.refused[index].fetch_add(1, Relaxed);
         }
     }
+}
+
+/// One of the process's HTTP listeners (the `listener` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Admin,
+    Webhook,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 2] = [Listener::Admin, Listener::Webhook];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Admin => "admin",
+            Listener::Webhook => "webhook",
+        }
+    }
+}
+
+/// Why a listener closed a connection itself
+/// (`bridge_listener_connections_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Over `max_connections`: closed as soon as accepted.
+    Limit,
+    /// The request head (or the TLS handshake) took longer than `header_timeout`.
+    HeaderTimeout,
+    /// The request body took longer than `body_timeout`.
+    BodyTimeout,
+    /// The client did not take the answer within `body_timeout`.
+    WriteTimeout,
+    /// The TLS handshake failed.
+    TlsHandshake,
+}
+
+impl Cut {
+    pub const ALL: [Cut; 5] = [
+        Cut::Limit,
+        Cut::HeaderTimeout,
+        Cut::BodyTimeout,
+        Cut::WriteTimeout,
+        Cut::TlsHandshake,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Cut::Limit => "limit",
+            Cut::HeaderTimeout => "header_timeout",
+            Cut::BodyTimeout => "body_timeout",
+            Cut::WriteTimeout => "write_timeout",
+            Cut::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
+/// The connection series of one listener.
+pub struct ListenerMetrics {
+    pub open: AtomicI64,
+    pub accepted: AtomicU64,
+    pub cut: [AtomicU64; Cut::ALL.len()],
+}
+
+impl ListenerMetrics {
+    const fn new() -> Self {
+        ListenerMetrics {
+            open: AtomicI64::new(0),
+            accepted: AtomicU64::new(0),
+            cut: [const { AtomicU64::new(0) }; Cut::ALL.len()],
+        }
+    }
+
+    pub fn cut(&self, cut: Cut) {
+        if let Some(index) = Cut::ALL.iter().position(|c| *c == cut) {
+            self.cut[index].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+// Process-wide, like the listeners themselves: the webhook listener is bound by whichever
+// bridge comes first and has no registry at hand.
+static LISTENER_METRICS: [ListenerMetrics; Listener::ALL.len()] =
+    [const { ListenerMetrics::new() }; Listener::ALL.len()];
+
+pub fn listener(listener: Listener) -> &'static ListenerMetrics {
+    &LISTENER_METRICS[listener as usize]
 }
 
 struct Entry {
@@ -278,6 +393,20 @@ impl Registry {
         }
         header(
             &mut out,
+            "bridge_requests_duplicate_total",
+            "counter",
+            "Webhook deliveries answered 200 without publishing again: their delivery id was published within the replay window.",
+        );
+        for (bridge, entry) in bridges.iter().filter(|(_, e)| e.kind == "webhook") {
+            let _ = writeln!(
+                out,
+                "bridge_requests_duplicate_total{{{}}} {}",
+                labels(bridge, entry.kind),
+                entry.metrics.duplicates.load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
             "bridge_source_lag",
             "gauge",
             "Messages waiting at the source, where it can tell (-1: unknown).",
@@ -350,7 +479,56 @@ impl Registry {
             "bridge_config_last_reload_success_timestamp_seconds {}",
             self.last_reload_success_seconds.load(Relaxed)
         );
+        render_listeners(&mut out);
         out
+    }
+}
+
+fn render_listeners(out: &mut String) {
+    header(
+        out,
+        "bridge_listener_connections",
+        "gauge",
+        "Connections open on the listener.",
+    );
+    for which in Listener::ALL {
+        let _ = writeln!(
+            out,
+            "bridge_listener_connections{{listener=\"{}\"}} {}",
+            which.label(),
+            listener(which).open.load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "bridge_listener_connections_accepted_total",
+        "counter",
+        "Connections the listener accepted (refused ones included).",
+    );
+    for which in Listener::ALL {
+        let _ = writeln!(
+            out,
+            "bridge_listener_connections_accepted_total{{listener=\"{}\"}} {}",
+            which.label(),
+            listener(which).accepted.load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "bridge_listener_connections_refused_total",
+        "counter",
+        "Connections the listener closed itself, by reason: over max_connections, too slow (header, body, write timeout) or a failed TLS handshake.",
+    );
+    for which in Listener::ALL {
+        for (index, cut) in Cut::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "bridge_listener_connections_refused_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                which.label(),
+                cut.label(),
+                listener(which).cut[index].load(Relaxed)
+            );
+        }
     }
 }
 
@@ -404,10 +582,10 @@ mod tests {
         assert!(text.contains("reason=\"invalid_json\"} 1"));
         assert!(!text.contains("bridge_requests_refused_total{"));
         let hook = registry.bridge("github", "webhook");
-        hook.refuse(Refusal::Forbidden);
+        hook.refuse(Refusal::WrongToken);
         let text = registry.render();
         assert!(text.contains(
-            "bridge_requests_refused_total{bridge=\"github\",kind=\"webhook\",reason=\"forbidden\"} 1"
+            "bridge_requests_refused_total{bridge=\"github\",kind=\"webhook\",reason=\"wrong_token\"} 1"
         ));
         assert!(text.contains(
             "bridge_requests_refused_total{bridge=\"github\",kind=\"webhook\",reason=\"timeout\"} 0"

@@ -62,16 +62,21 @@ pub enum RejectReason {
     RejectedByExchange,
     InvalidJson,
     UnresolvedTemplate,
+    /// The tenant is not a valid routing word as it stands (or an s3-notification
+    /// record's bucket has no tenant in `bucket_tenants`). Never rewritten: two
+    /// different tenants must never share a routing word.
+    InvalidTenant,
     InvalidCloudEvent,
     InvalidNotification,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::TooLarge,
         RejectReason::TooLong,
         RejectReason::InvalidJson,
         RejectReason::UnresolvedTemplate,
+        RejectReason::InvalidTenant,
         RejectReason::InvalidCloudEvent,
         RejectReason::InvalidNotification,
         RejectReason::InternalError,
@@ -84,6 +89,7 @@ impl RejectReason {
             RejectReason::TooLong => "too_long",
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::UnresolvedTemplate => "unresolved_template",
+            RejectReason::InvalidTenant => "invalid_tenant",
             RejectReason::InvalidCloudEvent => "invalid_cloudevent",
             RejectReason::InvalidNotification => "invalid_notification",
             RejectReason::InternalError => "internal_error",
@@ -114,11 +120,22 @@ pub struct Normalized {
     pub routing_key: String,
 }
 
+/// Where a bridge's tenants come from: never the payload.
+#[derive(Debug, Clone)]
+enum TenantRule {
+    /// Fixed, or from the transport's subject or a header.
+    Template(Template),
+    /// `bucket_tenants` (`format = "s3-notification"`): each record's bucket names its
+    /// tenant in the config.
+    Buckets(BTreeMap<String, String>),
+}
+
 /// A bridge's mapping rules, prepared once from its spec.
 #[derive(Debug, Clone)]
 pub struct Mapping {
-    /// Fixed, or from the subject or a header; never from the payload.
-    tenant: Template,
+    tenant: TenantRule,
+    /// What `{subject[N]}` splits the transport's subject on (`SourceSpec::subject_separator`).
+    subject_separator: Option<char>,
     pub source_name: String,
     source_uri: Option<String>,
     event_type: Template,
@@ -145,8 +162,15 @@ impl Mapping {
                 format!("/{}", field.replace('~', "~0").replace('/', "~1"))
             }
         });
+        let tenant = match &spec.bucket_tenants {
+            Some(buckets) => TenantRule::Buckets(buckets.clone()),
+            None => TenantRule::Template(
+                Template::parse(&spec.tenant).unwrap_or_else(|_| Template::fixed(&spec.tenant)),
+            ),
+        };
         Mapping {
-            tenant: Template::parse(&spec.tenant).unwrap_or_else(|_| Template::fixed(&spec.tenant)),
+            tenant,
+            subject_separator: spec.source.subject_separator(),
             source_name: spec.source_name.clone(),
             source_uri: spec.source_uri.clone(),
             event_type,
@@ -158,22 +182,58 @@ impl Mapping {
         }
     }
 
-    /// The tenant of a message: from configuration, the subject or a header.
-    fn tenant(&self, meta: &Metadata) -> Result<String, Reject> {
-        self.tenant
+    /// The tenant of a message from its transport: fixed, the transport's subject or a
+    /// header; valid as it stands, or the message is rejected (`invalid_tenant`).
+    fn transport_tenant(&self, meta: &Metadata) -> Result<String, Reject> {
+        let template = match &self.tenant {
+            TenantRule::Template(template) => template,
+            TenantRule::Buckets(_) => {
+                return Err(reject(
+                    RejectReason::InvalidTenant,
+                    "tenant: the tenant comes from each record's bucket (`bucket_tenants`)",
+                ));
+            }
+        };
+        let tenant = template
             .resolve(&TemplateInput {
                 subject: meta.subject.as_deref(),
+                separator: self.subject_separator,
                 headers: &meta.headers,
                 json: None,
             })
-            .map_err(|e| reject(RejectReason::UnresolvedTemplate, format!("tenant: {e}")))
+            .map_err(|e| reject(RejectReason::UnresolvedTemplate, format!("tenant: {e}")))?;
+        routing::check_tenant(&tenant).map_err(|e| reject(RejectReason::InvalidTenant, e))?;
+        Ok(tenant)
     }
 
-    /// Where a message's dead letter goes. A tenant that does not resolve (the reason
-    /// it is dead-lettered, perhaps) becomes the word `_`.
+    /// The tenant of an s3-notification record: its bucket's in `bucket_tenants`, else
+    /// the transport's (`transport`, resolved once per message). Never the document's.
+    fn record_tenant(&self, bucket: &str, transport: Option<&str>) -> Result<String, Reject> {
+        match (&self.tenant, transport) {
+            (TenantRule::Buckets(buckets), _) => buckets.get(bucket).cloned().ok_or_else(|| {
+                reject(
+                    RejectReason::InvalidTenant,
+                    format!(
+                        "bucket `{}` has no tenant in `bucket_tenants`",
+                        short_string::preview(bucket)
+                    ),
+                )
+            }),
+            (TenantRule::Template(_), Some(tenant)) => Ok(tenant.to_owned()),
+            (TenantRule::Template(_), None) => Err(reject(
+                RejectReason::UnresolvedTemplate,
+                "tenant: not resolved for this message",
+            )),
+        }
+    }
+
+    /// Where a message's dead letter goes. A tenant that does not resolve or is not
+    /// valid (the reason it is dead-lettered, perhaps), and any tenant by bucket (a
+    /// message may hold records of several), becomes the word `_`: a dead letter never
+    /// carries the refused text in its key.
     pub fn deadletter_key(&self, meta: &Metadata) -> String {
-        let tenant = self.tenant(meta).unwrap_or_default();
-        routing::deadletter_key(&tenant, &self.source_name)
+        let tenant = self.transport_tenant(meta).ok();
+        routing::deadletter_key(tenant.as_deref(), &self.source_name)
     }
 }
 
@@ -192,9 +252,17 @@ pub fn normalize_message(
     }
     let records = crate::s3notification::parse(payload)
         .map_err(|e| reject(RejectReason::InvalidNotification, e))?;
+    // The tenant never comes from the document: without `bucket_tenants` it is the
+    // transport's (the subject the notification arrived on, its headers), not the
+    // record's object key.
+    let transport_tenant = match &mapping.tenant {
+        TenantRule::Template(_) if !records.is_empty() => Some(mapping.transport_tenant(meta)?),
+        _ => None,
+    };
     records
         .into_iter()
         .map(|record| {
+            let tenant = mapping.record_tenant(&record.data.bucket, transport_tenant.as_deref())?;
             let data = Bytes::from(serde_json::to_vec(&record.data).expect("serializable"));
             let meta = Metadata {
                 subject: Some(record.data.key.clone()),
@@ -215,7 +283,9 @@ pub fn normalize_message(
                 default_type: Some(record.event_name),
                 no_data: false,
             };
-            normalize(mapping, &meta, &data)
+            // The record's subject is its object key: `{subject[N]}` in `type` splits it
+            // on `/`, as for `kind = "s3"`.
+            normalize_with_tenant(mapping, &meta, &data, tenant, Some('/'))
         })
         .collect()
 }
@@ -236,7 +306,19 @@ pub fn normalize(
             ),
         ));
     }
-    let tenant = mapping.tenant(meta)?;
+    let tenant = mapping.transport_tenant(meta)?;
+    normalize_with_tenant(mapping, meta, payload, tenant, mapping.subject_separator)
+}
+
+/// `normalize` once the tenant is known (validated); `separator` splits `meta.subject`
+/// for `{subject[N]}` in `type`.
+fn normalize_with_tenant(
+    mapping: &Mapping,
+    meta: &Metadata,
+    payload: &Bytes,
+    tenant: String,
+    separator: Option<char>,
+) -> Result<Normalized, Reject> {
     let content_type = meta
         .content_type
         .as_deref()
@@ -276,6 +358,7 @@ pub fn normalize(
     };
     let input = TemplateInput {
         subject: meta.subject.as_deref(),
+        separator,
         headers: &meta.headers,
         json: json.as_ref(),
     };
@@ -305,9 +388,7 @@ pub fn normalize(
     for (name, value) in &meta.extensions {
         extensions.insert(name.clone(), ExtensionValue::String(value.clone()));
     }
-    let routing_key = routing::event_key(&tenant, &mapping.source_name, &ty)
-        .map_err(|e| reject(RejectReason::TooLong, e))?;
-    extensions.insert("tenant".into(), ExtensionValue::String(tenant));
+    extensions.insert("tenant".into(), ExtensionValue::String(tenant.clone()));
     // A transport id too long for a message id becomes its digest (the same on every
     // redelivery); the original travels along while it is of a sensible size.
     let id = match &meta.id {
@@ -342,6 +423,8 @@ pub fn normalize(
         .validate()
         .map_err(|e| reject(RejectReason::InvalidCloudEvent, e.0))?;
     short_string::check_event(&event).map_err(|e| reject(RejectReason::TooLong, e.to_string()))?;
+    let routing_key = routing::event_key(&tenant, &mapping.source_name, &event.ty)
+        .map_err(|e| reject(RejectReason::TooLong, e))?;
     Ok(Normalized { event, routing_key })
 }
 
@@ -416,7 +499,8 @@ mod tests {
 
     fn mapping() -> Mapping {
         Mapping {
-            tenant: Template::fixed("acme"),
+            tenant: TenantRule::Template(Template::fixed("acme")),
+            subject_separator: Some('.'),
             source_name: "orders".into(),
             source_uri: None,
             event_type: Template::parse("{subject}").unwrap(),
@@ -695,12 +779,17 @@ mod tests {
     }
 
     #[test]
-    fn routing_keys_are_sanitised_and_never_cut() {
+    fn routing_keys_escape_the_type_and_are_never_cut() {
         let mut mapping = mapping();
         mapping.event_type = Template::fixed("com.github.push *#");
         assert_eq!(
             ok(&mapping, &meta(), b"{}").routing_key,
-            "event.acme.orders.com_github_push___"
+            "event.acme.orders.com_github_push~20~2A~23"
+        );
+        mapping.event_type = Template::fixed("pull_request");
+        assert_eq!(
+            ok(&mapping, &meta(), b"{}").routing_key,
+            "event.acme.orders.pull~5Frequest"
         );
         mapping.event_type = Template::fixed(&"t".repeat(300));
         assert_eq!(rejected(&mapping, &meta(), b"{}"), RejectReason::TooLong);
@@ -768,6 +857,18 @@ mod tests {
         assert_eq!(out.routing_key, "event.acme.orders.com_acme_reading");
     }
 
+    /// An empty type (a notification record without an `eventName`) is an invalid
+    /// CloudEvent, not a routing problem.
+    #[test]
+    fn an_empty_type_is_an_invalid_cloudevent() {
+        let mut meta = meta();
+        meta.default_type = Some(String::new());
+        assert_eq!(
+            rejected(&mapping(), &meta, b"{}"),
+            RejectReason::InvalidCloudEvent
+        );
+    }
+
     #[test]
     fn binary_cloudevents_pass_through_for_every_header_prefix() {
         for prefix in BINARY_HEADER_PREFIXES {
@@ -817,7 +918,8 @@ mod tests {
     #[test]
     fn tenant_from_a_subject_token_or_a_header() {
         let mut mapping = mapping();
-        mapping.tenant = Template::parse("{subject[1]}").unwrap();
+        mapping.tenant = TenantRule::Template(Template::parse("{subject[1]}").unwrap());
+        mapping.subject_separator = Some('/');
         let mut meta = meta();
         meta.subject = Some("tenants/globex/sensors/t1".into());
         let out = ok(&mapping, &meta, b"{}");
@@ -825,7 +927,7 @@ mod tests {
         assert!(out.routing_key.starts_with("event.globex.orders."));
         assert_eq!(mapping.deadletter_key(&meta), "deadletter.globex.orders");
 
-        mapping.tenant = Template::parse("{header:X-Tenant}").unwrap();
+        mapping.tenant = TenantRule::Template(Template::parse("{header:X-Tenant}").unwrap());
         let reject = normalize(&mapping, &meta, &Bytes::from_static(b"{}")).unwrap_err();
         assert_eq!(reject.reason, RejectReason::UnresolvedTemplate);
         assert!(reject.detail.starts_with("tenant:"), "{}", reject.detail);
@@ -835,6 +937,126 @@ mod tests {
             ok(&mapping, &meta, b"{}").event.extensions["tenant"].as_text(),
             "initech"
         );
+    }
+
+    /// `acme.eu` and `acme_eu` can never share a routing word: the one that is not a
+    /// valid word is dead-lettered as `invalid_tenant` under `deadletter._.<source>`,
+    /// the other routes as it stands.
+    #[test]
+    fn invalid_tenants_are_dead_lettered_never_rewritten() {
+        let mut mapping = mapping();
+        mapping.tenant = TenantRule::Template(Template::parse("{header:X-Tenant}").unwrap());
+        let with_tenant = |tenant: &str| {
+            let mut meta = meta();
+            meta.headers = headers(&[("X-Tenant", tenant)]);
+            meta
+        };
+        let out = ok(&mapping, &with_tenant("acme_eu"), b"{}");
+        assert!(out.routing_key.starts_with("event.acme_eu.orders."));
+        assert_eq!(out.event.extensions["tenant"].as_text(), "acme_eu");
+        for invalid in ["acme.eu", "acme eu", "*", "#", "é", "_", &"t".repeat(65)] {
+            let meta = with_tenant(invalid);
+            let reject = normalize(&mapping, &meta, &Bytes::from_static(b"{}")).unwrap_err();
+            assert_eq!(reject.reason, RejectReason::InvalidTenant, "{invalid}");
+            assert_eq!(mapping.deadletter_key(&meta), "deadletter._.orders");
+        }
+        assert_eq!(RejectReason::InvalidTenant.label(), "invalid_tenant");
+        assert!(RejectReason::ALL.contains(&RejectReason::InvalidTenant));
+    }
+
+    /// `{subject[N]}` splits on the transport's separator only: on MQTT (`/`) the topic
+    /// `a.b/c` has the level `a.b`, which is not a valid tenant, never the tenant `b`.
+    #[test]
+    fn subject_tenants_split_on_the_transport_separator_only() {
+        let mut mapping = mapping();
+        mapping.tenant = TenantRule::Template(Template::parse("{subject[0]}").unwrap());
+        mapping.subject_separator = Some('/');
+        let mut meta = meta();
+        meta.subject = Some("a.b/c".into());
+        assert_eq!(
+            rejected(&mapping, &meta, b"{}"),
+            RejectReason::InvalidTenant
+        );
+        meta.subject = Some("acme/c".into());
+        assert!(
+            ok(&mapping, &meta, b"{}")
+                .routing_key
+                .starts_with("event.acme.")
+        );
+        // Kafka: a topic is one token.
+        mapping.subject_separator = None;
+        mapping.tenant = TenantRule::Template(Template::parse("{subject[1]}").unwrap());
+        meta.subject = Some("orders.acme".into());
+        assert_eq!(
+            rejected(&mapping, &meta, b"{}"),
+            RejectReason::UnresolvedTemplate
+        );
+    }
+
+    const NOTIFICATION: &[u8] = br#"{"Records":[
+        {"eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"uploads"},
+         "object":{"key":"globex/x.json","sequencer":"01"}}},
+        {"eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":"photos"},
+         "object":{"key":"initech/y.json","sequencer":"02"}}}]}"#;
+
+    fn notifications(mapping: &Mapping, meta: &Metadata) -> Result<Vec<Normalized>, Reject> {
+        normalize_message(mapping, meta, &Bytes::from_static(NOTIFICATION))
+    }
+
+    /// s3-notification: without `bucket_tenants` the tenant template resolves against the
+    /// transport (the subject the notification arrived on), never the record's key;
+    /// `{subject[N]}` in `type` splits the record's key on `/`.
+    #[test]
+    fn notification_tenants_come_from_the_transport_not_the_document() {
+        let mut mapping = mapping();
+        mapping.format = PayloadFormat::S3Notification;
+        mapping.tenant = TenantRule::Template(Template::parse("{subject[1]}").unwrap());
+        mapping.event_type = Template::parse("com.acme.{subject[0]}").unwrap();
+        mapping.type_configured = true;
+        let mut meta = meta();
+        meta.subject = Some("minio.acme".into());
+        let events = notifications(&mapping, &meta).unwrap();
+        assert_eq!(events.len(), 2);
+        for (out, folder) in events.iter().zip(["globex", "initech"]) {
+            assert_eq!(out.event.extensions["tenant"].as_text(), "acme");
+            assert_eq!(out.event.ty, format!("com.acme.{folder}"));
+            assert!(out.routing_key.starts_with("event.acme.orders."));
+        }
+        meta.subject = Some("minio".into());
+        let reject = notifications(&mapping, &meta).unwrap_err();
+        assert_eq!(reject.reason, RejectReason::UnresolvedTemplate);
+        assert_eq!(mapping.deadletter_key(&meta), "deadletter._.orders");
+        // A test event has no records, so no tenant to resolve.
+        let test_event = Bytes::from_static(br#"{"Event":"s3:TestEvent"}"#);
+        assert_eq!(normalize_message(&mapping, &meta, &test_event), Ok(vec![]));
+    }
+
+    /// `bucket_tenants`: each record's tenant is its bucket's; a record of a bucket
+    /// without one dead-letters the whole message as `invalid_tenant`.
+    #[test]
+    fn notification_tenants_by_bucket() {
+        let mut mapping = mapping();
+        mapping.format = PayloadFormat::S3Notification;
+        mapping.tenant = TenantRule::Buckets(
+            [("uploads", "acme"), ("photos", "globex")]
+                .map(|(b, t)| (b.to_owned(), t.to_owned()))
+                .into(),
+        );
+        let events = notifications(&mapping, &meta()).unwrap();
+        let tenants: Vec<&str> = events
+            .iter()
+            .map(|out| out.event.extensions["tenant"].as_text())
+            .collect();
+        assert_eq!(tenants, ["acme", "globex"]);
+        assert_eq!(
+            events[1].routing_key,
+            "event.globex.orders.s3~3AObjectCreated~3APut"
+        );
+        mapping.tenant = TenantRule::Buckets([("uploads".into(), "acme".into())].into());
+        let reject = notifications(&mapping, &meta()).unwrap_err();
+        assert_eq!(reject.reason, RejectReason::InvalidTenant);
+        assert!(reject.detail.contains("photos"), "{}", reject.detail);
+        assert_eq!(mapping.deadletter_key(&meta()), "deadletter._.orders");
     }
 
     #[test]

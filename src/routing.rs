@@ -1,45 +1,117 @@
 //! Routing keys on the topic exchange: `event.<tenant>.<source>.<type>` and
 //! `deadletter.<tenant>.<source>`.
+//!
+//! Two different values never share a word. Tenant and source words are used as they
+//! stand and must be valid (`is_valid_word`); a tenant that is not is dead-lettered
+//! (`invalid_tenant`), never rewritten. The type is escaped by a reversible scheme
+//! (`type_word`, undone by `type_from_word`).
+
+use std::fmt::Write;
 
 /// The longest routing key AMQP 0-9-1 allows (a short string).
 pub const MAX_ROUTING_KEY_BYTES: usize = 255;
 
-/// Makes one topic-exchange word: everything outside `[A-Za-z0-9_-]` (dots, `*`, `#`,
-/// spaces, non-ASCII) becomes `_`, so a word can never split or act as a wildcard.
-pub fn word(text: &str) -> String {
-    if text.is_empty() {
-        return "_".into();
+/// The longest tenant or source word. Two of them and the fixed words leave at least
+/// 119 bytes of a key for the type.
+pub const MAX_WORD_CHARS: usize = 64;
+
+/// The tenant word of a dead letter whose tenant is unknown (did not resolve or is not
+/// valid). Not a valid tenant itself, so no tenant can be mistaken for it.
+pub const UNKNOWN_TENANT: &str = "_";
+
+/// The rule for tenant and source words, for messages and docs.
+pub const WORD_RULE: &str = "1 to 64 characters from A-Z a-z 0-9 _ -";
+
+/// Whether `text` is a tenant or source word as it stands: 1 to 64 characters from
+/// `[A-Za-z0-9_-]`. Nothing else can split a key or act as a wildcard.
+pub fn is_valid_word(text: &str) -> bool {
+    (1..=MAX_WORD_CHARS).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a tenant: a valid word, and not `_` (the tenant word of dead letters whose
+/// tenant is unknown). The error says why, for `x-bridge-error` and config errors.
+pub fn check_tenant(tenant: &str) -> Result<(), String> {
+    if tenant == UNKNOWN_TENANT {
+        return Err(format!(
+            "tenant `{UNKNOWN_TENANT}` is reserved for dead letters whose tenant is unknown"
+        ));
     }
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
+    check_word("tenant", tenant)
+}
+
+/// Checks a `<source>` word.
+pub fn check_source(source_name: &str) -> Result<(), String> {
+    check_word("source", source_name)
+}
+
+fn check_word(what: &str, text: &str) -> Result<(), String> {
+    if is_valid_word(text) {
+        return Ok(());
+    }
+    let shown = crate::short_string::preview(text);
+    Err(format!(
+        "{what} `{shown}` is not valid: it must be {WORD_RULE}"
+    ))
+}
+
+/// The `<type>` word of a CloudEvent type, by a reversible escape: `A-Z a-z 0-9 -` stay,
+/// `.` becomes `_` (so `com.github.push` routes as `com_github_push`), and every other
+/// byte of the UTF-8 text, `_` and `~` included, becomes `~` and two upper-case hex
+/// digits (`pull_request` -> `pull~5Frequest`, `a b` -> `a~20b`, `*` -> `~2A`).
+pub fn type_word(event_type: &str) -> String {
+    let mut word = String::with_capacity(event_type.len());
+    for byte in event_type.bytes() {
+        match byte {
+            b'.' => word.push('_'),
+            b if b.is_ascii_alphanumeric() || b == b'-' => word.push(char::from(b)),
+            b => write!(word, "~{b:02X}").expect("writing to a String"),
+        }
+    }
+    word
+}
+
+/// The type a `<type>` word was made from; `None` for a word `type_word` never makes.
+pub fn type_from_word(word: &str) -> Option<String> {
+    let bytes = word.as_bytes();
+    let mut text = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'_' => text.push(b'.'),
+            b'~' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+                {
+                    return None;
+                }
+                text.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
             }
-        })
-        .collect()
-}
-
-/// The words, each made a topic-exchange word, joined with dots.
-fn join(words: &[&str]) -> String {
-    words.iter().map(|w| word(w)).collect::<Vec<_>>().join(".")
-}
-
-fn join_capped(words: &[&str]) -> String {
-    let mut key = join(words);
-    // Sanitised keys are ASCII, so any byte index is a char boundary.
-    key.truncate(MAX_ROUTING_KEY_BYTES);
-    while key.ends_with('.') {
-        key.pop();
+            b if b.is_ascii_alphanumeric() || b == b'-' => text.push(b),
+            _ => return None,
+        }
+        i += 1;
     }
-    key
+    let text = String::from_utf8(text).ok()?;
+    // Only the one spelling `type_word` makes (`~41` is not `A`).
+    (type_word(&text) == word).then_some(text)
 }
 
-/// `event.<tenant>.<source>.<type>`. A key over 255 bytes is an error, never cut: a cut
-/// key could route the event where its full key would not.
+/// `event.<tenant>.<source>.<type>`. The tenant and source must be valid words (they
+/// are checked, never rewritten); the type is escaped. A key over 255 bytes is an error,
+/// never cut: a cut key could route the event where its full key would not.
 pub fn event_key(tenant: &str, source_name: &str, event_type: &str) -> Result<String, String> {
-    let key = join(&["event", tenant, source_name, event_type]);
+    check_tenant(tenant)?;
+    check_source(source_name)?;
+    if event_type.is_empty() {
+        return Err("the type is empty".into());
+    }
+    let key = format!("event.{tenant}.{source_name}.{}", type_word(event_type));
     if key.len() > MAX_ROUTING_KEY_BYTES {
         return Err(format!(
             "the routing key would be {} bytes (type `{}`); AMQP allows at most {MAX_ROUTING_KEY_BYTES}",
@@ -50,26 +122,27 @@ pub fn event_key(tenant: &str, source_name: &str, event_type: &str) -> Result<St
     Ok(key)
 }
 
-/// `deadletter.<tenant>.<source>`, capped at 255 bytes: a dead letter must go somewhere,
-/// and `deadletter.#` bindings still catch a cut key.
-pub fn deadletter_key(tenant: &str, source_name: &str) -> String {
-    join_capped(&["deadletter", tenant, source_name])
+/// `deadletter.<tenant>.<source>`; `deadletter._.<source>` when the tenant is unknown or
+/// not valid, so a dead letter never carries the text that was refused. Tenant and
+/// source words are at most 64 characters, so the key always fits.
+pub fn deadletter_key(tenant: Option<&str>, source_name: &str) -> String {
+    let tenant = tenant
+        .filter(|tenant| check_tenant(tenant).is_ok())
+        .unwrap_or(UNKNOWN_TENANT);
+    format!("deadletter.{tenant}.{source_name}")
 }
 
 /// The binding pattern that matches everything a bridge publishes, for `check` output.
-/// `None`: the tenant varies per message (a tenant template).
+/// `None`: the tenant varies per message (a tenant template, `bucket_tenants`).
 pub fn event_pattern(tenant: Option<&str>, source_name: &str) -> String {
-    match tenant {
-        Some(tenant) => format!("{}.*", join_capped(&["event", tenant, source_name])),
-        None => format!("event.*.{}.*", word(source_name)),
-    }
+    format!("event.{}.{source_name}.*", tenant.unwrap_or("*"))
 }
 
 /// The dead-letter key of a bridge, or its pattern when the tenant varies per message.
 pub fn deadletter_pattern(tenant: Option<&str>, source_name: &str) -> String {
     match tenant {
-        Some(tenant) => deadletter_key(tenant, source_name),
-        None => format!("deadletter.*.{}", word(source_name)),
+        Some(tenant) => deadletter_key(Some(tenant), source_name),
+        None => format!("deadletter.*.{source_name}"),
     }
 }
 
@@ -149,20 +222,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_are_sanitised() {
+    fn keys_use_valid_words_as_they_stand_and_escape_the_type() {
         assert_eq!(
             event_key("acme", "github", "com.github.push").unwrap(),
             "event.acme.github.com_github_push"
         );
-        assert_eq!(event_key("a b", "x*y", "#.é").unwrap(), "event.a_b.x_y.___");
-        assert_eq!(event_key("t", "s", "").unwrap(), "event.t.s._");
-        assert_eq!(deadletter_key("acme", "orders"), "deadletter.acme.orders");
         assert_eq!(
-            event_pattern(Some("acme"), "or.ders"),
-            "event.acme.or_ders.*"
+            event_key("acme_eu", "git-hub", "pull_request").unwrap(),
+            "event.acme_eu.git-hub.pull~5Frequest"
         );
-        assert_eq!(event_pattern(None, "or.ders"), "event.*.or_ders.*");
+        assert_eq!(
+            deadletter_key(Some("acme"), "orders"),
+            "deadletter.acme.orders"
+        );
+        assert_eq!(event_pattern(Some("acme"), "orders"), "event.acme.orders.*");
+        assert_eq!(event_pattern(None, "orders"), "event.*.orders.*");
         assert_eq!(deadletter_pattern(None, "s"), "deadletter.*.s");
+        assert_eq!(deadletter_pattern(Some("t"), "s"), "deadletter.t.s");
+    }
+
+    #[test]
+    fn invalid_tenants_and_sources_are_refused_never_rewritten() {
+        for tenant in ["acme.eu", "a b", "*", "#", "", "é", "_", &"t".repeat(65)] {
+            assert!(event_key(tenant, "s", "t").is_err(), "{tenant:?}");
+            assert_eq!(
+                deadletter_key(Some(tenant), "s"),
+                "deadletter._.s",
+                "{tenant:?}"
+            );
+        }
+        assert!(event_key(&"t".repeat(64), "s", "t").is_ok());
+        assert_eq!(deadletter_key(None, "s"), "deadletter._.s");
+        for source in ["or.ders", "", "x*y", &"s".repeat(65)] {
+            assert!(event_key("acme", source, "t").is_err(), "{source:?}");
+        }
+        assert!(event_key("acme", "s", "").is_err());
+        let error = check_tenant("acme.eu").unwrap_err();
+        assert!(
+            error.contains("acme.eu") && error.contains(WORD_RULE),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn type_words_escape_reversibly() {
+        for (event_type, word) in [
+            ("com.github.push", "com_github_push"),
+            ("pull_request", "pull~5Frequest"),
+            ("a b", "a~20b"),
+            ("*", "~2A"),
+            ("#", "~23"),
+            ("~", "~7E"),
+            ("é", "~C3~A9"),
+            ("s3:ObjectCreated:Put", "s3~3AObjectCreated~3APut"),
+            (
+                "broker-bridge.webhook.request",
+                "broker-bridge_webhook_request",
+            ),
+            ("..", "__"),
+        ] {
+            assert_eq!(type_word(event_type), word, "{event_type}");
+            assert_eq!(type_from_word(word).as_deref(), Some(event_type), "{word}");
+        }
+        // Distinct types that the old lossy words merged stay distinct.
+        assert_ne!(type_word("a.b"), type_word("a_b"));
+        assert_ne!(type_word("a b"), type_word("a_b"));
+        // Spellings `type_word` never makes do not decode.
+        for word in ["~41", "~2a", "~2", "~", "a.b", "a*", "~C3", "~zz"] {
+            assert_eq!(type_from_word(word), None, "{word}");
+        }
     }
 
     #[test]
@@ -223,17 +351,18 @@ mod tests {
     }
 
     #[test]
-    fn event_keys_over_255_bytes_are_errors_and_deadletter_keys_are_capped() {
+    fn event_keys_over_255_bytes_are_errors() {
         let fits = "x".repeat(255 - "event.acme.src.".len());
         assert_eq!(event_key("acme", "src", &fits).unwrap().len(), 255);
         let error = event_key("acme", "src", &format!("{fits}x")).unwrap_err();
         assert!(error.contains("256 bytes"), "{error}");
-        // A cut that lands on a dot never leaves an empty trailing word.
-        let tenant = "t".repeat(249);
-        let key = deadletter_key(&tenant, "source");
+        // Escapes count: 82 spaces are a type word of 246 bytes.
         assert!(
-            !key.ends_with('.') && key.len() <= MAX_ROUTING_KEY_BYTES,
-            "{key}"
+            event_key("t", "s", &" ".repeat(82))
+                .unwrap_err()
+                .contains("256 bytes")
         );
+        let longest = deadletter_key(Some(&"t".repeat(64)), &"s".repeat(64));
+        assert!(longest.len() <= MAX_ROUTING_KEY_BYTES, "{longest}");
     }
 }

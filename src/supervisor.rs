@@ -170,7 +170,7 @@ impl Supervisor {
         tracing::error!(%trigger, %error, "config reload failed; the running config stays");
         self.shared.registry.reloads_failure.fetch_add(1, Relaxed);
         let mut reload = self.shared.reload.lock().expect("reload lock");
-        reload.last_error = Some(error.to_string());
+        reload.last_error = Some(crate::secret::scrub(&error.to_string()));
         reload.last_error_at = Some(Utc::now());
         error
     }

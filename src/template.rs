@@ -1,9 +1,11 @@
 //! Attribute templates such as `type = "com.github.{header:X-GitHub-Event}"`.
 //!
 //! Placeholders: `{subject}` (the NATS subject, MQTT topic, routing key...),
-//! `{subject[N]}` (its N-th token, 0-based, split on `.` and `/`), `{header:NAME}`
-//! (case-insensitive) and `{json:/pointer}` (a JSON pointer into the payload).
-//! Templates are parsed once when a bridge starts; resolving one does no parsing.
+//! `{subject[N]}` (its N-th token, 0-based, split on the separator of the bridge's
+//! transport only: `.` for NATS, JetStream and AMQP routing keys, `/` for MQTT topics and
+//! S3 keys, not at all for Kafka topics), `{header:NAME}` (case-insensitive) and
+//! `{json:/pointer}` (a JSON pointer into the payload). Templates are parsed once when a
+//! bridge starts; resolving one does no parsing.
 
 use std::fmt;
 
@@ -28,6 +30,9 @@ pub struct Template {
 /// What a template is resolved against.
 pub struct TemplateInput<'a> {
     pub subject: Option<&'a str>,
+    /// What `{subject[N]}` splits the subject on; `None`: it is one token (a Kafka
+    /// topic), so only `{subject[0]}` resolves.
+    pub separator: Option<char>,
     pub headers: &'a [(String, String)],
     /// The payload parsed as JSON, when it is JSON.
     pub json: Option<&'a Value>,
@@ -123,18 +128,23 @@ impl Template {
             .any(|part| matches!(part, Part::JsonPointer(_)))
     }
 
-    /// The fewest characters a resolved value has: its literal text (placeholders may
-    /// add more), at least one. A routing word keeps one byte per character.
-    pub fn min_chars(&self) -> usize {
-        let literal: usize = self
-            .parts
+    /// The literal text of the template, placeholders left out: every resolved value
+    /// holds it (in order), so it bounds how short a value, or its routing word, can be.
+    pub fn literal_text(&self) -> String {
+        self.parts
             .iter()
-            .map(|part| match part {
-                Part::Literal(text) => text.chars().count(),
-                _ => 0,
+            .filter_map(|part| match part {
+                Part::Literal(text) => Some(text.as_str()),
+                _ => None,
             })
-            .sum();
-        literal.max(1)
+            .collect()
+    }
+
+    /// True when the template has no placeholder: the same value for every message.
+    pub fn is_fixed(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|part| matches!(part, Part::Literal(_)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -158,7 +168,10 @@ impl Template {
                 Part::SubjectToken(index) => out.push_str(
                     input
                         .subject
-                        .and_then(|s| s.split(['.', '/']).nth(*index))
+                        .and_then(|subject| match input.separator {
+                            Some(separator) => subject.split(separator).nth(*index),
+                            None => (*index == 0).then_some(subject),
+                        })
                         .filter(|token| !token.is_empty())
                         .ok_or_else(unresolved)?,
                 ),
@@ -213,13 +226,14 @@ mod tests {
         let json = serde_json::json!({"event": {"kind": "push", "n": 3}});
         let headers = vec![("X-GitHub-Event".to_string(), "ping".to_string())];
         let input = TemplateInput {
-            subject: Some("sensors.kitchen/temp"),
+            subject: Some("sensors.kitchen.temp"),
+            separator: Some('.'),
             headers: &headers,
             json: Some(&json),
         };
         let cases = [
             ("fixed.type", "fixed.type"),
-            ("{subject}", "sensors.kitchen/temp"),
+            ("{subject}", "sensors.kitchen.temp"),
             ("room-{subject[1]}", "room-kitchen"),
             ("room-{subject[2]}", "room-temp"),
             ("gh.{header:x-github-event}", "gh.ping"),
@@ -236,6 +250,7 @@ mod tests {
         let json = serde_json::json!({"event": {"obj": {}}});
         let input = TemplateInput {
             subject: Some("a.b"),
+            separator: Some('.'),
             headers: &[],
             json: Some(&json),
         };
@@ -254,6 +269,38 @@ mod tests {
                 "{template}"
             );
         }
+    }
+
+    /// `{subject[N]}` splits on the transport's separator only: an MQTT topic `a.b/c`
+    /// has the tokens `a.b` and `c`, a NATS subject `a.b/c` the tokens `a` and `b/c`, and
+    /// a Kafka topic is one token.
+    #[test]
+    fn subject_tokens_split_on_the_transport_separator_only() {
+        let resolve = |template: &str, separator: Option<char>| {
+            let input = TemplateInput {
+                subject: Some("a.b/c"),
+                separator,
+                headers: &[],
+                json: None,
+            };
+            Template::parse(template).unwrap().resolve(&input).ok()
+        };
+        assert_eq!(resolve("{subject[0]}", Some('/')).as_deref(), Some("a.b"));
+        assert_eq!(resolve("{subject[1]}", Some('/')).as_deref(), Some("c"));
+        assert_eq!(resolve("{subject[2]}", Some('/')), None);
+        assert_eq!(resolve("{subject[0]}", Some('.')).as_deref(), Some("a"));
+        assert_eq!(resolve("{subject[1]}", Some('.')).as_deref(), Some("b/c"));
+        assert_eq!(resolve("{subject[0]}", None).as_deref(), Some("a.b/c"));
+        assert_eq!(resolve("{subject[1]}", None), None);
+    }
+
+    #[test]
+    fn literal_text_and_fixed_templates() {
+        let template = Template::parse("t-{subject[1]}.x{header:A}").unwrap();
+        assert_eq!(template.literal_text(), "t-.x");
+        assert!(!template.is_fixed());
+        assert!(Template::parse("acme").unwrap().is_fixed());
+        assert!(Template::fixed("a{b").is_fixed());
     }
 
     #[test]

@@ -761,6 +761,66 @@ async fn properties_map_to_attributes() {
     }
 }
 
+/// `tenant = "{header:amqp-user-id}"` takes the tenant only from the `user_id` property,
+/// which RabbitMQ checks against the publisher's login (issue 14). An application header
+/// named `amqp-user-id` (any case) is dropped: next to the property it is ignored, and
+/// alone it leaves the tenant unresolved (dead-lettered under `deadletter._.<bridge>`),
+/// never the tenant it claims.
+#[tokio::test]
+async fn a_spoofed_amqp_user_id_header_never_gives_the_tenant() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let events = rabbit.bind(&exchange, &format!("event.*.{bridge}.#")).await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.*.{bridge}"))
+        .await;
+    let table = bridge_table(&source, &bridge, "tenant = \"{header:amqp-user-id}\"");
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    daemon.wait_ready().await;
+
+    // The test connection logs in as guest, so RabbitMQ accepts `user_id = "guest"`.
+    let spoofed = |name: &str| headers_table(&[(name, "evil")]);
+    source
+        .send_with(
+            br#"{"n":1}"#,
+            BasicProperties::default()
+                .with_user_id("guest".into())
+                .with_headers(spoofed("amqp-user-id")),
+        )
+        .await;
+    source
+        .send_with(
+            br#"{"n":2}"#,
+            BasicProperties::default().with_headers(spoofed("AMQP-User-Id")),
+        )
+        .await;
+
+    let received = rabbit
+        .take_exactly(&events, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 1, "log: {}", daemon.log());
+    assert!(
+        received[0]
+            .routing_key
+            .starts_with(&format!("event.guest.{bridge}.")),
+        "{}",
+        received[0].routing_key
+    );
+    let json = received[0].json();
+    assert_eq!(json["tenant"], "guest");
+    assert_eq!(json["data"]["n"], 1);
+    let letters = rabbit.take_exactly(&dead, 1, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 1, "log: {}", daemon.log());
+    assert_eq!(letters[0].routing_key, format!("deadletter._.{bridge}"));
+    assert_eq!(
+        letters[0].header("x-bridge-reason").as_deref(),
+        Some("unresolved_template")
+    );
+    assert_eq!(letters[0].body, br#"{"n":2}"#);
+}
+
 /// A quorum queue declared by the bridge (x-queue-type = quorum, durable) works; the queue
 /// really is a quorum queue (declaring it as classic is refused by RabbitMQ).
 #[tokio::test]
@@ -1498,4 +1558,54 @@ async fn poison_corpus_is_published_or_dead_lettered() {
     let mut run = poison::poison_corpus(&source).await;
     assert_eq!(run.daemon.terminate(), Some(0));
     assert_eq!(source.ready().await, Some(0), "nothing was left unacked");
+}
+
+/// A routing key is the sender's text: one with a newline cannot forge a log line. The
+/// pipeline logs the subject of a message that panicked it; the line stays one line.
+#[tokio::test]
+async fn a_routing_key_with_a_newline_cannot_forge_a_log_line() {
+    let source = Amqp::new().await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let dead = rabbit.bind(&exchange, "deadletter.#").await;
+    let mut daemon = Daemon::start_with_text_and_env(
+        tempfile::tempdir().unwrap(),
+        AMQP_URL,
+        &exchange,
+        |port| {
+            config_text(
+                AMQP_URL,
+                &exchange,
+                port,
+                &bridge_table(&source, &bridge, ""),
+            )
+        },
+        &[("BROKER_BRIDGE_PANIC_IN_MESSAGE", "boom-in-message")],
+    )
+    .await;
+    daemon.wait_running(&bridge).await;
+    let forged = "FORGED ERROR the exchange is gone";
+    let routing_key = format!("legacy.x\n{forged}\u{1b}[2J");
+    assert!(
+        source
+            .publish(
+                &routing_key,
+                br#"{"n":"boom-in-message"}"#,
+                BasicProperties::default()
+            )
+            .await
+    );
+    let letters = rabbit.take_exactly(&dead, 1, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 1, "log: {}", daemon.log());
+    daemon.terminate();
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("legacy.x\\n{forged}\\u{{1b}}[2J")),
+        "the subject is logged, escaped: {log}"
+    );
+    assert!(
+        !log.lines().any(|line| line.starts_with(forged)) && !log.contains('\u{1b}'),
+        "no line starts with the sender's text, no escape sequence reaches the terminal: {log}"
+    );
 }

@@ -120,10 +120,10 @@ async fn interval_ticks_carry_their_scheduled_time_and_id() {
     for r in &received {
         assert_eq!(
             r.routing_key,
-            format!("event.acme.{bridge}.broker_bridge_calendar_tick")
+            format!("event.acme.{bridge}.broker-bridge_calendar_tick")
         );
         let event = r.json();
-        assert_eq!(event["type"], "broker_bridge.calendar.tick");
+        assert_eq!(event["type"], "broker-bridge.calendar.tick");
         assert_eq!(
             event["source"],
             format!("urn:broker-bridge:calendar:{bridge}")

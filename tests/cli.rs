@@ -903,7 +903,7 @@ async fn included_bridge_files_are_added_changed_and_removed_live() {
     let exchange = unique("ex");
     let bridge = unique("b");
     let subject = format!("{}.readings", unique("t").replace('-', "_"));
-    let type_word = subject.replace('.', "_");
+    let type_word = common::type_word(&subject);
     let queue = rabbit.bind(&exchange, &format!("event.*.{bridge}.#")).await;
     let dir = tempfile::tempdir().unwrap();
     // The include folder exists from the start, as a packaged install ships it.

@@ -604,7 +604,12 @@ impl ComposeConfig {
         let exchange_url = self.main["exchange"]["url"]
             .as_str()
             .map(str::to_owned)
-            .unwrap_or_else(|| broker_bridge::config::ExchangeConfig::default().url);
+            .unwrap_or_else(|| {
+                broker_bridge::config::ExchangeConfig::default()
+                    .url
+                    .expose()
+                    .to_owned()
+            });
         let mut endpoints = vec![url_endpoint("[exchange] url", &exchange_url)];
         for (file, bridge) in &self.bridges {
             let name = text(&bridge["name"]);

@@ -809,6 +809,78 @@ async fn tenant_from_a_topic_level() {
     }
 }
 
+/// `{subject[N]}` splits MQTT topics on `/` only (issue 14): a level with dots before the
+/// tenant cannot shift another level into the tenant's position, a tenant level with a
+/// dot (`acme.eu`) is dead-lettered as `invalid_tenant` under `deadletter._.<bridge>`,
+/// never rewritten, and `acme_eu` routes as it stands: the two never share a word.
+#[tokio::test]
+async fn topic_levels_split_on_slashes_only_and_invalid_tenants_are_dead_lettered() {
+    let source = Mqtt::new(Version::V311).await;
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let events = rabbit.bind(&exchange, &format!("event.*.{bridge}.#")).await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.*.{bridge}"))
+        .await;
+    let keys = source.keys(MQTT_URL, &source.client_id, &source.everything());
+    let table = format!(
+        "[[bridge]]\nname = \"{bridge}\"\nkind = \"mqtt\"\n{keys}\ntenant = \"{{subject[2]}}\"\ntype = \"com.acme.{{subject[3]}}\"\n"
+    );
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    daemon.wait_ready().await;
+    let prefix = &source.prefix;
+    // Split on `.` too, `site.berlin` would make `berlin` the tenant.
+    for (n, topic) in [
+        format!("{prefix}/site.berlin/acme/temp.c"),
+        format!("{prefix}/site/acme.eu/temp"),
+        format!("{prefix}/site/acme_eu/temp"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let payload = format!("{{\"n\":{n}}}");
+        source
+            .publish(topic, payload.as_bytes(), Properties::default())
+            .await;
+    }
+    let received = rabbit
+        .take_exactly(&events, 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    let mut keys: Vec<(String, String)> = received
+        .iter()
+        .map(|r| {
+            (
+                r.routing_key.clone(),
+                r.json()["tenant"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            (
+                format!("event.acme.{bridge}.com_acme_temp_c"),
+                "acme".to_owned()
+            ),
+            (
+                format!("event.acme_eu.{bridge}.com_acme_temp"),
+                "acme_eu".to_owned()
+            ),
+        ]
+    );
+    let letters = rabbit.take_exactly(&dead, 1, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 1, "log: {}", daemon.log());
+    assert_eq!(letters[0].routing_key, format!("deadletter._.{bridge}"));
+    assert_eq!(
+        letters[0].header("x-bridge-reason").as_deref(),
+        Some("invalid_tenant")
+    );
+    assert_eq!(letters[0].body, br#"{"n":1}"#);
+}
+
 /// MQTT 5: user properties are headers for the `tenant` and `type` templates, and the
 /// content type is the event's `datacontenttype`.
 #[tokio::test]

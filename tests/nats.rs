@@ -253,6 +253,192 @@ async fn s3_notification_records_become_one_event_each() {
     );
 }
 
+/// An s3-notification record of `bucket` with the object `key`.
+fn notification_record(bucket: &str, key: &str, sequencer: &str) -> String {
+    format!(
+        r#"{{"eventName":"s3:ObjectCreated:Put","eventTime":"2024-05-01T10:00:00Z","s3":{{"bucket":{{"name":"{bucket}"}},"object":{{"key":"{key}","sequencer":"{sequencer}"}}}}}}"#
+    )
+}
+
+/// s3-notification tenants never come from the document (issue 14). With
+/// `bucket_tenants` each record's tenant is its bucket's, and a record of a bucket
+/// without one dead-letters the message as `invalid_tenant`; without it, the tenant
+/// template resolves against the NATS subject the document arrived on, never the
+/// record's object key (whose first level here names another tenant).
+#[tokio::test]
+async fn s3_notification_tenants_come_from_buckets_or_the_subject_never_the_document() {
+    let source = CoreNats::new();
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let by_bucket = unique("b");
+    let by_subject = unique("b");
+    let bucket_events = rabbit
+        .bind(&exchange, &format!("event.*.{by_bucket}.#"))
+        .await;
+    let bucket_dead = rabbit
+        .bind(&exchange, &format!("deadletter.*.{by_bucket}"))
+        .await;
+    let subject_events = rabbit
+        .bind(&exchange, &format!("event.*.{by_subject}.#"))
+        .await;
+    let bridges = format!(
+        "{}\n{}",
+        bridge_table(
+            &source,
+            &by_bucket,
+            "format = \"s3-notification\"\nbucket_tenants = { images = \"acme\", \"photos.eu\" = \"globex\" }",
+        ),
+        bridge_table(
+            &source,
+            &by_subject,
+            "format = \"s3-notification\"\ntenant = \"{subject[1]}\"",
+        ),
+    );
+    let daemon = Daemon::start(AMQP_URL, &exchange, &bridges).await;
+    daemon.wait_running(&by_bucket).await;
+    daemon.wait_running(&by_subject).await;
+    let mapped = format!(
+        r#"{{"Records":[{},{}]}}"#,
+        notification_record("images", "globex/a.png", "01"),
+        notification_record("photos.eu", "acme/b.png", "02"),
+    );
+    let unmapped = format!(
+        r#"{{"Records":[{}]}}"#,
+        notification_record("other", "acme/c.png", "03")
+    );
+    source.send(mapped.as_bytes(), &[]).await;
+    source.send(unmapped.as_bytes(), &[]).await;
+
+    let received = rabbit
+        .take_exactly(&bucket_events, 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 2, "log: {}", daemon.log());
+    let mut routed: Vec<(String, String)> = received
+        .iter()
+        .map(|r| {
+            (
+                r.routing_key.clone(),
+                r.json()["tenant"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    routed.sort();
+    assert_eq!(
+        routed,
+        [
+            (
+                format!("event.acme.{by_bucket}.s3~3AObjectCreated~3APut"),
+                "acme".to_owned()
+            ),
+            (
+                format!("event.globex.{by_bucket}.s3~3AObjectCreated~3APut"),
+                "globex".to_owned()
+            ),
+        ]
+    );
+    let letters = rabbit
+        .take_exactly(&bucket_dead, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(letters.len(), 1, "log: {}", daemon.log());
+    assert_eq!(letters[0].routing_key, format!("deadletter._.{by_bucket}"));
+    assert_eq!(
+        letters[0].header("x-bridge-reason").as_deref(),
+        Some("invalid_tenant")
+    );
+    assert_eq!(letters[0].body, unmapped.as_bytes());
+
+    // The subject is `<unique>.readings`: every record's tenant is `readings`.
+    let received = rabbit
+        .take_exactly(&subject_events, 3, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 3, "log: {}", daemon.log());
+    for event in &received {
+        assert_eq!(event.json()["tenant"], "readings");
+        assert!(
+            event
+                .routing_key
+                .starts_with(&format!("event.readings.{by_subject}."))
+        );
+    }
+}
+
+/// A tenant from `{subject[1]}` that is not a valid word as it stands is dead-lettered
+/// as `invalid_tenant` (with the reason header) under `deadletter._.<bridge>`, never
+/// rewritten (issue 14); a valid one routes as it stands. `_`, the tenant word of dead
+/// letters whose tenant is unknown, is not a tenant either.
+#[tokio::test]
+async fn an_invalid_tenant_from_the_subject_is_dead_lettered() {
+    let rabbit = Rabbit::connect().await;
+    let exchange = unique("ex");
+    let bridge = unique("b");
+    let root = unique("t").replace('-', "_");
+    let events = rabbit.bind(&exchange, &format!("event.*.{bridge}.#")).await;
+    let dead = rabbit
+        .bind(&exchange, &format!("deadletter.*.{bridge}"))
+        .await;
+    let table = format!(
+        "[[bridge]]\nname = \"{bridge}\"\nkind = \"nats\"\nurl = \"{}\"\nsubject = \"{root}.>\"\ntenant = \"{{subject[1]}}\"\ntype = \"com.acme.{{subject[2]}}\"\n",
+        common::NATS_URL
+    );
+    let daemon = Daemon::start(AMQP_URL, &exchange, &table).await;
+    daemon.wait_running(&bridge).await;
+    let client = common::nats().await;
+    let long = "t".repeat(65);
+    let tenants = ["acmé", "_", long.as_str(), "acme_eu"];
+    for (n, tenant) in tenants.iter().enumerate() {
+        client
+            .publish(
+                format!("{root}.{tenant}.reading"),
+                format!("{{\"n\":{n}}}").into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+
+    let letters = rabbit.take_exactly(&dead, 3, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 3, "log: {}", daemon.log());
+    for letter in &letters {
+        assert_eq!(letter.routing_key, format!("deadletter._.{bridge}"));
+        assert_eq!(
+            letter.header("x-bridge-reason").as_deref(),
+            Some("invalid_tenant")
+        );
+        assert!(
+            letter
+                .header("x-bridge-error")
+                .is_some_and(|error| error.contains("is not valid") || error.contains("reserved")),
+            "{:?}",
+            letter.header("x-bridge-error")
+        );
+    }
+    let received = rabbit
+        .take_exactly(&events, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(received.len(), 1, "log: {}", daemon.log());
+    assert_eq!(
+        received[0].routing_key,
+        format!("event.acme_eu.{bridge}.com_acme_reading")
+    );
+    assert_eq!(received[0].json()["tenant"], "acme_eu");
+    assert_eq!(received[0].json()["data"]["n"], 3);
+    common::eventually(
+        Duration::from_secs(10),
+        "3 invalid_tenant dead letters counted",
+        || {
+            daemon.metrics().get(
+                "bridge_events_dead_lettered_total",
+                &[
+                    ("bridge", bridge.as_str()),
+                    ("kind", "nats"),
+                    ("reason", "invalid_tenant"),
+                ],
+            ) == Some(3.0)
+        },
+    )
+    .await;
+}
+
 // Supervision (issue 13): a panic is a bug, never the end of a bridge.
 
 /// A daemon with one core NATS bridge, its `[admin] ready_grace` at 0 and these

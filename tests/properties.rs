@@ -59,8 +59,9 @@ fn config(cases: u32) -> ProptestConfig {
 // Bridges, loaded through the public config path (`Mapping::new` takes a `BridgeSpec`).
 
 /// Bridges that together reach every mapping rule: fixed and templated tenants and
-/// types, `time_field`, every payload format, a default content type, a small
-/// `max_message_bytes`, and a long `source_name` that leaves little room in the key.
+/// types, subjects split on `.` (NATS), `/` (MQTT) and not at all (Kafka), `time_field`,
+/// every payload format, tenants by bucket, a default content type, a small
+/// `max_message_bytes`, and the longest `source_name`, which leaves less room in the key.
 const BRIDGES_TOML: &str = r#"
 [defaults]
 tenant = "acme"
@@ -103,6 +104,27 @@ subject = "in.>"
 format = "s3-notification"
 
 [[bridge]]
+name = "s3-bucket-tenants"
+kind = "nats"
+subject = "in.>"
+format = "s3-notification"
+type = "{subject[0]}.{subject[1]}"
+bucket_tenants = { "a.b" = "acme", "é" = "globex_eu", uploads = "initech" }
+
+[[bridge]]
+name = "mqtt-levels"
+kind = "mqtt"
+topics = ["in/#"]
+tenant = "{subject[1]}"
+type = "com.acme.{subject[0]}"
+
+[[bridge]]
+name = "kafka-topic"
+kind = "kafka"
+topics = ["in"]
+tenant = "t-{subject[0]}"
+
+[[bridge]]
 name = "small"
 kind = "nats"
 subject = "in.>"
@@ -120,7 +142,7 @@ name = "long-source-name"
 kind = "nats"
 subject = "in.>"
 tenant = "t"
-source_name = "sssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss"
+source_name = "ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss"
 "#;
 
 struct Bridge {
@@ -906,17 +928,18 @@ fn amqp_headers() -> impl Strategy<Value = FieldTable> {
 // ---------------------------------------------------------------------------------------
 // Checks.
 
-const REASON_LABELS: [&str; 6] = [
+const REASON_LABELS: [&str; 7] = [
     "too_large",
     "too_long",
     "invalid_json",
     "unresolved_template",
+    "invalid_tenant",
     "invalid_cloudevent",
     "invalid_notification",
 ];
 
 /// `event.<tenant>.<source>.<type>`: at most 255 bytes, four non-empty words of
-/// `[A-Za-z0-9_-]`.
+/// `[A-Za-z0-9_-]` (`~` too in the escaped type word).
 fn check_routing_key(key: &str) -> Result<(), TestCaseError> {
     prop_assert!(
         key.len() <= routing::MAX_ROUTING_KEY_BYTES,
@@ -926,12 +949,12 @@ fn check_routing_key(key: &str) -> Result<(), TestCaseError> {
     let words: Vec<&str> = key.split('.').collect();
     prop_assert_eq!(words.len(), 4, "routing key `{}`", key);
     prop_assert_eq!(words[0], "event");
-    for word in &words {
+    for (index, word) in words.iter().enumerate() {
         prop_assert!(
             !word.is_empty()
-                && word
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                && word.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (index == 3 && b == b'~')
+                }),
             "word `{}` of routing key `{}`",
             word,
             key
@@ -1026,13 +1049,15 @@ fn check_published(out: &Normalized) -> Result<(), TestCaseError> {
     }
     prop_assert!(event.validate().is_ok(), "{:?}", event.validate());
     check_routing_key(&out.routing_key)?;
+    // The tenant word is the tenant itself, valid as it stands (never rewritten), and
+    // the type word decodes back to the type.
     let tenant = event.extensions.get("tenant");
     prop_assert!(tenant.is_some(), "no tenant extension");
-    let tenant_word = routing::word(tenant.unwrap().as_text());
-    prop_assert_eq!(
-        out.routing_key.split('.').nth(1),
-        Some(tenant_word.as_str())
-    );
+    let tenant = tenant.unwrap().as_text();
+    prop_assert!(routing::check_tenant(tenant).is_ok(), "tenant `{}`", tenant);
+    prop_assert_eq!(out.routing_key.split('.').nth(1), Some(tenant));
+    let type_word = out.routing_key.split('.').nth(3).unwrap_or_default();
+    prop_assert_eq!(routing::type_from_word(type_word), Some(event.ty.clone()));
     check_decodes(event)
 }
 
@@ -1193,10 +1218,17 @@ fn template_text() -> impl Strategy<Value = String> {
     vec(part, 0..6).prop_map(|parts| parts.concat())
 }
 
-fn template_input() -> impl Strategy<Value = (Option<String>, Vec<(String, String)>, Option<Value>)>
-{
+type TemplateInputs = (
+    Option<String>,
+    Option<char>,
+    Vec<(String, String)>,
+    Option<Value>,
+);
+
+fn template_input() -> impl Strategy<Value = TemplateInputs> {
     (
-        option::weighted(0.9, text()),
+        option::weighted(0.9, subject()),
+        select(&[Some('.'), Some('/'), None][..]),
         headers(),
         option::weighted(
             0.7,
@@ -1218,20 +1250,23 @@ proptest! {
     }
 
     /// Templates made of the documented placeholders parse, and resolving them against
-    /// anything never panics: a value is never empty and has at least `min_chars`
-    /// characters (what `check` relies on to refuse keys that are always too long).
+    /// anything never panics: a value is never empty and its routing word is at least as
+    /// long as that of the template's literal text (what `check` relies on to refuse keys
+    /// that are always too long).
     #[test]
     fn template_resolve_any_input(
         text in template_text(),
-        (subject, headers, json) in template_input(),
+        (subject, separator, headers, json) in template_input(),
     ) {
         let template = Template::parse(&text);
         prop_assert!(template.is_ok(), "{:?}", template);
         let template = template.unwrap();
-        let input = TemplateInput { subject: subject.as_deref(), headers: &headers, json: json.as_ref() };
+        let input = TemplateInput { subject: subject.as_deref(), separator, headers: &headers, json: json.as_ref() };
         if let Ok(value) = template.resolve(&input) {
             prop_assert!(!value.is_empty());
-            prop_assert!(value.chars().count() >= template.min_chars());
+            let literal = template.literal_text();
+            prop_assert!(value.len() >= literal.len());
+            prop_assert!(routing::type_word(&value).len() >= routing::type_word(&literal).len());
         }
         if !text.is_empty() && !text.contains(['{', '}']) {
             prop_assert_eq!(template.resolve(&input), Ok(text.clone()));
@@ -1243,11 +1278,69 @@ proptest! {
     #[test]
     fn template_any_text_resolves_without_panic(
         text in text(),
-        (subject, headers, json) in template_input(),
+        (subject, separator, headers, json) in template_input(),
     ) {
         if let Ok(template) = Template::parse(&text) {
-            let input = TemplateInput { subject: subject.as_deref(), headers: &headers, json: json.as_ref() };
+            let input = TemplateInput { subject: subject.as_deref(), separator, headers: &headers, json: json.as_ref() };
             let _ = template.resolve(&input);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2b. Routing words: distinct values never share a word.
+
+/// Text from a few characters that the old routing words merged (`.`, `_`, ` `, `~`,
+/// `*`), so distinct values that look alike are common; or any text.
+fn lookalike_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => vec(select(&['a', 'B', '0', '-', '.', '_', ' ', '~', '*', '#', 'é'][..]), 0..6)
+            .prop_map(String::from_iter),
+        1 => text_up_to(300),
+    ]
+    .boxed()
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// Type words: distinct types give distinct words, each decodes back to its type, and
+    /// a word is one topic-exchange word (no `.`, `*` or `#`).
+    #[test]
+    fn type_words_are_distinct_and_decode_back(a in lookalike_text(), b in lookalike_text()) {
+        let (word_a, word_b) = (routing::type_word(&a), routing::type_word(&b));
+        prop_assert_eq!(routing::type_from_word(&word_a), Some(a.clone()));
+        prop_assert_eq!(a == b, word_a == word_b, "`{}` and `{}`", a, b);
+        prop_assert!(
+            word_a.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-~".contains(&c)),
+            "word `{}`",
+            word_a
+        );
+    }
+
+    /// Any text read as a type word decodes to nothing, or to the one type whose word it is.
+    #[test]
+    fn any_type_word_decodes_to_at_most_one_type(word in prop_oneof![
+        vec(select(&['a', 'F', '0', '-', '_', '~', '2', 'E', '.'][..]), 0..8).prop_map(String::from_iter),
+        text_up_to(300),
+    ]) {
+        if let Some(event_type) = routing::type_from_word(&word) {
+            prop_assert_eq!(routing::type_word(&event_type), word);
+        }
+    }
+
+    /// Tenants are used as they stand or refused: two tenants that both route have the
+    /// same key only when they are the same tenant, and the key's word is the tenant.
+    #[test]
+    fn tenant_words_never_collide(a in lookalike_text(), b in lookalike_text()) {
+        let key = |tenant: &str| routing::event_key(tenant, "src", "t");
+        if let (Ok(key_a), Ok(key_b)) = (key(&a), key(&b)) {
+            prop_assert_eq!(a == b, key_a == key_b, "`{}` and `{}`", a, b);
+        }
+        if let Ok(key_a) = key(&a) {
+            prop_assert_eq!(key_a.split('.').nth(1), Some(a.as_str()));
+        } else {
+            prop_assert_eq!(routing::deadletter_key(Some(&a), "src"), "deadletter._.src");
         }
     }
 }

@@ -11,6 +11,8 @@ use serde_json::Value;
 use super::{BridgeSpec, CommonKeys, Config, PayloadFormat, TopLevel, fields};
 use crate::short_string::MAX_SHORT_STRING;
 
+use crate::routing;
+use crate::secret;
 use crate::sources;
 use crate::template::Template;
 
@@ -52,25 +54,132 @@ pub struct Loaded {
     /// Directories to watch: those of the files and of every include pattern, so a new
     /// file matching a glob is noticed too.
     pub watch_dirs: Vec<PathBuf>,
+    /// Files that hold secrets, for `check`'s warning about their permissions: config
+    /// files that hold a secret value as it stands, every `<secret>_file`, and the
+    /// `key_file` and `creds_file` of the bridges.
+    pub secret_files: Vec<PathBuf>,
 }
 
+/// Reads one TOML file. A syntax error is reported by line and column, with the line
+/// only when it holds no secret: the `config` crate's own message quotes the line.
 fn read_toml(path: &Path) -> Result<Value, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| file_error(format!("cannot be read: {e}")))?;
+    if let Err(error) = toml::from_str::<toml::Table>(&text) {
+        return Err(file_error(toml_syntax_error(&text, &error)));
+    }
     config::Config::builder()
-        .add_source(
-            config::File::from(path)
-                .format(config::FileFormat::Toml)
-                .required(true),
-        )
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
         .build()
         .and_then(|c| c.try_deserialize::<Value>())
-        .map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        .map_err(|e| file_error(secret::scrub(&e.to_string())))
 }
 
-/// Loads and validates the configuration at `path`.
+/// `TOML syntax error at line L, column C: <what>`, and the line unless it (or the
+/// multi-line string it is part of) belongs to a secret key.
+fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let what = error
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let Some(span) = error.span() else {
+        return format!("TOML syntax error: {what}");
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_number = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let place = format!("TOML syntax error at line {line_number}, column {column}: {what}");
+    if secret_lines(text).contains(&line_number) {
+        format!("{place} (the line is not shown: it holds a secret)")
+    } else {
+        let line = line.trim();
+        let line: String = line.chars().take(200).collect();
+        format!("{place}: `{}`", secret::redact_url(&line))
+    }
+}
+
+/// Whether a config key holds a secret: one of `SECRET_KEYS`, or a passed-through
+/// property named like one (`ssl.key.password`, `sasl.oauthbearer.client.secret`).
+pub fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    !last.ends_with("_file")
+        && (SECRET_KEYS.contains(&last) || last.contains("password") || last.contains("secret"))
+}
+
+/// The numbers (from 1) of the lines of a TOML text that assign a secret key, and of
+/// the lines of multi-line strings such a line opens.
+fn secret_lines(text: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    // The delimiter of the multi-line string being read, and whether its key is secret.
+    let mut open: Option<(&str, bool)> = None;
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if let Some((delimiter, secret)) = open {
+            if secret {
+                lines.push(number);
+            }
+            if line.contains(delimiter) {
+                open = None;
+            }
+            continue;
+        }
+        let secret = assigns_secret(line);
+        if secret {
+            lines.push(number);
+        }
+        for delimiter in ["\"\"\"", "'''"] {
+            if line.matches(delimiter).count() % 2 == 1 {
+                open = Some((delimiter, secret));
+                break;
+            }
+        }
+    }
+    lines
+}
+
+/// Whether a TOML line assigns a secret key (`password = `, `tls = { password = `,
+/// `"bearer_token" =`, `exchange.url =`).
+fn assigns_secret(line: &str) -> bool {
+    line.match_indices('=').any(|(at, _)| {
+        let key = line[..at]
+            .rsplit(['{', ',', '['])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(['"', '\'']);
+        !key.is_empty() && is_secret_key(key)
+    })
+}
+
+/// Loads and validates the configuration at `path`. Its errors hold no secret value:
+/// the config's secrets are remembered (`secret::remember`) as soon as they are read,
+/// and scrubbed from the message.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_unscrubbed(path).map_err(|error| match error {
+        ConfigError::File { path, message } => ConfigError::File {
+            path,
+            message: secret::scrub(&message),
+        },
+        ConfigError::Key { key, message } => ConfigError::Key {
+            key,
+            message: secret::scrub(&message),
+        },
+        ConfigError::Bridge { bridge, message } => ConfigError::Bridge {
+            bridge,
+            message: secret::scrub(&message),
+        },
+    })
+}
+
+fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
     // The directory made canonical, so watched directories and relative paths do not
     // depend on the working directory (`-c config.toml` has an empty parent) and match
     // the paths file events carry. The file itself may stay a symlink.
@@ -89,6 +198,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             .ok_or_else(|| file_error("is not a file name".into()))?,
     );
     let mut root = read_toml(path)?;
+    let mut secret_files = Vec::new();
+    if holds_literal_secret(&root) {
+        secret_files.push(path.to_owned());
+    }
     apply_env_overrides(&mut root, std::env::vars())?;
     let table = root.as_object_mut().ok_or_else(|| ConfigError::File {
         path: path.to_owned(),
@@ -114,10 +227,15 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             });
         }
     };
-    prepare(&mut root, &base)?;
+    prepare(&mut root, &base, &mut secret_files)?;
     let mut bridges = Vec::with_capacity(main_bridges.len());
     for raw in main_bridges {
-        bridges.push(prepare_bridge(raw, &base, bridges.len())?);
+        bridges.push(prepare_bridge(
+            raw,
+            &base,
+            bridges.len(),
+            &mut secret_files,
+        )?);
     }
     for pattern in &patterns {
         let absolute = base.join(pattern);
@@ -135,8 +253,17 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         matched.sort();
         for file in matched {
             let file_base = file.parent().unwrap_or(&base).to_owned();
-            for raw in read_include(&file)? {
-                bridges.push(prepare_bridge(raw, &file_base, bridges.len())?);
+            let raw_bridges = read_include(&file)?;
+            if raw_bridges.iter().any(holds_literal_secret) {
+                secret_files.push(file.clone());
+            }
+            for raw in raw_bridges {
+                bridges.push(prepare_bridge(
+                    raw,
+                    &file_base,
+                    bridges.len(),
+                    &mut secret_files,
+                )?);
             }
             files.push(file);
         }
@@ -148,26 +275,131 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let mut top: TopLevel = fields::parse(root).map_err(key_error)?;
     // Like every path in the config, a relative state_dir is relative to the file.
     top.defaults.state_dir = base.join(&top.defaults.state_dir);
+    if let Some(tls) = &mut top.webhook.tls {
+        tls.cert = base.join(&tls.cert);
+        tls.key = base.join(&tls.key);
+    }
     let config = build(top)?;
     watch_dirs.sort();
     watch_dirs.dedup();
+    secret_files.sort();
+    secret_files.dedup();
     Ok(Loaded {
         config,
         files,
         watch_dirs,
+        secret_files,
     })
 }
 
 /// Interpolates `${VAR}` and resolves `*_file` keys of one file's tables, with paths
-/// relative to that file's directory.
-fn prepare(value: &mut Value, base: &Path) -> Result<(), ConfigError> {
+/// relative to that file's directory; notes the files that hold secrets, and remembers
+/// the secret values for `secret::scrub`.
+fn prepare(
+    value: &mut Value,
+    base: &Path,
+    secret_files: &mut Vec<PathBuf>,
+) -> Result<(), ConfigError> {
     interpolate(value, &mut String::new(), &|name| std::env::var(name).ok())?;
-    resolve_files(value, base, &mut String::new())
+    note_secret_files(value, base, secret_files);
+    resolve_files(value, base, &mut String::new())?;
+    remember_secrets(value, "");
+    Ok(())
+}
+
+/// Whether a file's tables hold a secret as it stands (not only `${VAR}` references):
+/// a secret key's text, or the password or token of a URL's user info.
+fn holds_literal_secret(value: &Value) -> bool {
+    fn without_references(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            match rest[start..].find('}') {
+                Some(end) => rest = &rest[start + end + 1..],
+                None => {
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+    match value {
+        Value::Object(table) => table.iter().any(|(key, item)| match item {
+            Value::String(text) if is_secret_key(key) => {
+                let literal = without_references(text);
+                if key.rsplit('.').next() == Some("url") {
+                    secret::url_passwords(&literal)
+                        .iter()
+                        .any(|password| !password.is_empty())
+                } else {
+                    !literal.is_empty()
+                }
+            }
+            other => holds_literal_secret(other),
+        }),
+        Value::Array(items) => items.iter().any(holds_literal_secret),
+        _ => false,
+    }
+}
+
+/// Adds the files named by `<secret>_file`, `key_file` and `creds_file` keys.
+fn note_secret_files(value: &Value, base: &Path, secret_files: &mut Vec<PathBuf>) {
+    match value {
+        Value::Object(table) => {
+            for (key, item) in table {
+                match item {
+                    Value::String(file)
+                        if key == "key_file"
+                            || key == "creds_file"
+                            || key
+                                .strip_suffix("_file")
+                                .is_some_and(|secret| SECRET_KEYS.contains(&secret)) =>
+                    {
+                        secret_files.push(base.join(file));
+                    }
+                    other => note_secret_files(other, base, secret_files),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                note_secret_files(item, base, secret_files);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `secret::remember`s the value of every secret key.
+fn remember_secrets(value: &Value, key: &str) {
+    match value {
+        Value::String(text) if is_secret_key(key) => {
+            secret::remember(text, key.rsplit('.').next() == Some("url"));
+        }
+        Value::Object(table) => {
+            for (key, item) in table {
+                remember_secrets(item, key);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                remember_secrets(item, key);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// `prepare` for one `[[bridge]]` table; errors name the bridge.
-fn prepare_bridge(mut raw: Value, base: &Path, index: usize) -> Result<Value, ConfigError> {
-    prepare(&mut raw, base).map_err(|error| match error {
+fn prepare_bridge(
+    mut raw: Value,
+    base: &Path,
+    index: usize,
+    secret_files: &mut Vec<PathBuf>,
+) -> Result<Value, ConfigError> {
+    prepare(&mut raw, base, secret_files).map_err(|error| match error {
         ConfigError::Key { key, message } => ConfigError::Bridge {
             bridge: bridge_label(&raw, index),
             message: format!("key `{key}`: {message}"),
@@ -306,7 +538,8 @@ pub fn interpolate(
 ) -> Result<(), ConfigError> {
     match value {
         Value::String(text) if text.contains('$') => {
-            *text = interpolate_str(text, env).map_err(|message| ConfigError::Key {
+            let secret = is_secret_key(path);
+            *text = interpolate_value(text, env, secret).map_err(|message| ConfigError::Key {
                 key: path.clone(),
                 message,
             })?;
@@ -335,7 +568,18 @@ pub fn interpolate(
     Ok(())
 }
 
+#[cfg(test)]
 fn interpolate_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    interpolate_value(text, env, false)
+}
+
+/// `interpolate_str`; for the value of a secret key (`secret`), errors do not quote
+/// what is between `${` and `}`, which may be part of the secret.
+fn interpolate_value(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    secret: bool,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -358,6 +602,12 @@ fn interpolate_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
                 .next()
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid && secret {
+                return Err(
+                    "a `${...}` in the value does not name an environment variable (not shown: the value is a secret; write `$${` for a literal `${`)"
+                        .into(),
+                );
+            }
             if !valid {
                 return Err(format!(
                     "`${{{expr}}}` does not name an environment variable"
@@ -476,7 +726,10 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
             ));
         }
     }
-    if let Err(e) = exchange.url.parse::<lapin::uri::AMQPUri>() {
+    let url = exchange.url.expose();
+    if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+        // lapin's message may quote the URL, password included.
+        let e = e.replace(url, "<url>");
         return Err(exchange_error("url", &format!("not an AMQP URL: {e}")));
     }
     // A dead letter carries its sample plus bounded headers (DEADLETTER_HEADROOM).
@@ -493,10 +746,10 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
             ),
         });
     }
-    if top.defaults.tenant.is_empty() {
+    if let Err(message) = tenant_template(&top.defaults.tenant) {
         return Err(ConfigError::Key {
             key: "defaults.tenant".into(),
-            message: "must not be empty".into(),
+            message,
         });
     }
     let mut names = HashSet::new();
@@ -527,6 +780,8 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
             message: format!("`{url}` must be an http:// or https:// URL"),
         });
     }
+    top.admin.validate()?;
+    top.webhook.validate()?;
     Ok(Config {
         exchange,
         admin: top.admin,
@@ -569,35 +824,68 @@ fn build_bridge(
             "must be non-empty and use only A-Z a-z 0-9 _ -".into(),
         ));
     }
+    // The `<source>` word is used as it stands, like the tenant: never rewritten.
+    let source_name = match &common.source_name {
+        Some(source_name) => {
+            routing::check_source(source_name).map_err(|e| key_error("source_name", e))?;
+            source_name.clone()
+        }
+        None if !routing::is_valid_word(&common.name) => {
+            return Err(key_error(
+                "source_name",
+                format!(
+                    "the default, the bridge name, is not a valid <source> word ({}): set `source_name`",
+                    routing::WORD_RULE
+                ),
+            ));
+        }
+        None => common.name.clone(),
+    };
+    let bucket_tenants = common.bucket_tenants;
+    if let Some(bucket_tenants) = &bucket_tenants {
+        if common.format != PayloadFormat::S3Notification {
+            return Err(key_error(
+                "bucket_tenants",
+                "applies only to `format = \"s3-notification\"`".into(),
+            ));
+        }
+        if common.tenant.is_some() {
+            return Err(key_error(
+                "bucket_tenants",
+                "set either `tenant` or `bucket_tenants`: with `bucket_tenants` each record's tenant is its bucket's".into(),
+            ));
+        }
+        if bucket_tenants.is_empty() {
+            return Err(key_error(
+                "bucket_tenants",
+                "must map at least one bucket to its tenant".into(),
+            ));
+        }
+        for (bucket, tenant) in bucket_tenants {
+            routing::check_tenant(tenant)
+                .map_err(|e| key_error(&format!("bucket_tenants.{bucket}"), e))?;
+        }
+    }
     let tenant = common.tenant.unwrap_or_else(|| defaults.tenant.clone());
-    if tenant.is_empty() {
-        return Err(key_error("tenant", "must not be empty".into()));
-    }
-    let tenant_template =
-        Template::parse(&tenant).map_err(|e| key_error("tenant", e.to_string()))?;
-    if tenant_template.needs_json() {
-        return Err(key_error(
-            "tenant",
-            "comes from configuration, a subject token or a header, never from the payload".into(),
-        ));
-    }
+    let tenant_template = tenant_template(&tenant).map_err(|e| key_error("tenant", e))?;
     let type_template = match &common.event_type {
         Some(text) => Some(Template::parse(text).map_err(|e| key_error("type", e.to_string()))?),
         None => None,
     };
     // `event.<tenant>.<source>.<type>`: refuse settings whose every key is too long
-    // rather than dead-letter every message.
-    let source_word_len = common
-        .source_name
-        .as_deref()
-        .unwrap_or(&common.name)
-        .chars()
-        .count()
-        .max(1);
-    let shortest_key = "event...".len()
-        + tenant_template.min_chars()
-        + source_word_len
-        + type_template.as_ref().map_or(1, Template::min_chars);
+    // rather than dead-letter every message. Every value holds its template's literal
+    // text, and escaping is byte by byte, so that text's word is a lower bound.
+    let shortest_tenant = match bucket_tenants
+        .as_ref()
+        .and_then(|tenants| tenants.values().map(String::len).min())
+    {
+        Some(shortest) => shortest,
+        None => tenant_template.literal_text().len().max(1),
+    };
+    let shortest_type = type_template.as_ref().map_or(1, |template| {
+        routing::type_word(&template.literal_text()).len().max(1)
+    });
+    let shortest_key = "event...".len() + shortest_tenant + source_name.len() + shortest_type;
     if shortest_key > MAX_SHORT_STRING {
         return Err(key_error(
             "type",
@@ -656,9 +944,10 @@ fn build_bridge(
         ));
     }
     Ok(BridgeSpec {
-        source_name: common.source_name.unwrap_or_else(|| common.name.clone()),
+        source_name,
         name: common.name,
         tenant,
+        bucket_tenants,
         source_uri: common.source_uri,
         event_type: common.event_type,
         time_field: common.time_field,
@@ -673,6 +962,33 @@ fn build_bridge(
         deadletter_sample_bytes: defaults.deadletter_sample_bytes,
         source,
     })
+}
+
+/// Checks a `tenant` setting (a bridge's or `[defaults]`): fixed text must be a valid
+/// tenant as it stands; a template may take the transport's subject and headers, never
+/// the payload, and its literal text must be tenant characters, or no message could
+/// ever get a valid tenant.
+fn tenant_template(text: &str) -> Result<Template, String> {
+    let template = Template::parse(text).map_err(|e| e.to_string())?;
+    if template.needs_json() {
+        return Err(
+            "comes from configuration, the transport's subject or a header, never from the payload (`{json:...}`)"
+                .into(),
+        );
+    }
+    if template.is_fixed() {
+        routing::check_tenant(text)?;
+    } else {
+        let literal = template.literal_text();
+        if !literal.is_empty() && !routing::is_valid_word(&literal) {
+            return Err(format!(
+                "the fixed text `{}` of template `{text}` can never be part of a valid tenant ({})",
+                crate::short_string::preview(&literal),
+                routing::WORD_RULE
+            ));
+        }
+    }
+    Ok(template)
 }
 
 #[cfg(test)]
@@ -787,6 +1103,114 @@ mod tests {
         );
     }
 
+    /// Loads a config of `[defaults]` lines and one NATS bridge with `bridge` lines.
+    fn load_bridge(defaults: &str, bridge: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[defaults]\n{defaults}\n[[bridge]]\nkind = \"nats\"\nsubject = \"in.>\"\n{bridge}\n"
+            ),
+        )
+        .unwrap();
+        load(&path).map(|loaded| loaded.config)
+    }
+
+    fn bridge_error(bridge: &str) -> String {
+        load_bridge("", bridge).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tenants_are_valid_words_or_templates_of_the_transport() {
+        for (tenant, says) in [
+            ("acme.eu", "is not valid"),
+            ("acme eu", "is not valid"),
+            ("", "is not valid"),
+            ("_", "reserved"),
+            ("{json:/tenant}", "never from the payload"),
+            ("t.{subject[1]}", "can never be part of a valid tenant"),
+        ] {
+            let error = bridge_error(&format!("name = \"b\"\ntenant = \"{tenant}\""));
+            assert!(
+                error.contains("bridge `b`")
+                    && error.contains("key `tenant`")
+                    && error.contains(says),
+                "{tenant}: {error}"
+            );
+        }
+        let error = load_bridge("tenant = \"acme.eu\"", "name = \"b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("key `defaults.tenant`"), "{error}");
+        let config = load_bridge("", "name = \"b\"\ntenant = \"acme_eu-1\"").unwrap();
+        assert_eq!(config.bridges[0].fixed_tenant(), Some("acme_eu-1"));
+        let config = load_bridge("", "name = \"b\"\ntenant = \"t-{subject[1]}\"").unwrap();
+        assert_eq!(config.bridges[0].routing_pattern(), "event.*.b.*");
+    }
+
+    #[test]
+    fn source_words_are_valid_as_they_stand() {
+        let error = bridge_error("name = \"b\"\nsource_name = \"or.ders\"");
+        assert!(error.contains("key `source_name`"), "{error}");
+        let long = "n".repeat(65);
+        let error = bridge_error(&format!("name = \"{long}\""));
+        assert!(
+            error.contains("key `source_name`") && error.contains("set `source_name`"),
+            "{error}"
+        );
+        let config =
+            load_bridge("", &format!("name = \"{long}\"\nsource_name = \"short\"")).unwrap();
+        assert_eq!(config.bridges[0].source_name, "short");
+    }
+
+    #[test]
+    fn bucket_tenants_map_buckets_to_valid_tenants_for_notifications_only() {
+        let notifications = "name = \"b\"\nformat = \"s3-notification\"";
+        let config = load_bridge(
+            "",
+            &format!("{notifications}\nbucket_tenants = {{ uploads = \"acme\", \"photos.eu\" = \"globex\" }}"),
+        )
+        .unwrap();
+        let bridge = &config.bridges[0];
+        assert_eq!(
+            bridge.bucket_tenants.as_ref().unwrap()["photos.eu"],
+            "globex"
+        );
+        assert_eq!(bridge.fixed_tenant(), None);
+        assert_eq!(bridge.deadletter_pattern(), "deadletter.*.b");
+        assert_eq!(
+            bridge.tenant_setting(),
+            "by bucket: photos.eu = globex, uploads = acme"
+        );
+        for (bridge, says) in [
+            (
+                "name = \"b\"\nbucket_tenants = { uploads = \"acme\" }".to_owned(),
+                "applies only to `format = \"s3-notification\"`",
+            ),
+            (
+                format!(
+                    "{notifications}\ntenant = \"acme\"\nbucket_tenants = {{ uploads = \"acme\" }}"
+                ),
+                "set either `tenant` or `bucket_tenants`",
+            ),
+            (
+                format!("{notifications}\nbucket_tenants = {{}}"),
+                "at least one bucket",
+            ),
+            (
+                format!("{notifications}\nbucket_tenants = {{ uploads = \"acme.eu\" }}"),
+                "key `bucket_tenants.uploads`: tenant `acme.eu` is not valid",
+            ),
+        ] {
+            let error = bridge_error(&bridge);
+            assert!(
+                error.contains("bridge `b`") && error.contains(says),
+                "{error}"
+            );
+        }
+    }
+
     #[test]
     fn glob_roots() {
         assert_eq!(
@@ -797,5 +1221,88 @@ mod tests {
             glob_root(Path::new("/etc/bb/one.toml")),
             Some(PathBuf::from("/etc/bb"))
         );
+    }
+    fn syntax_error(text: &str) -> String {
+        let error = toml::from_str::<toml::Table>(text).unwrap_err();
+        toml_syntax_error(text, &error)
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column_and_hide_secret_lines() {
+        let shown = syntax_error("[exchange]\nname = \"events\nkind = \"topic\"\n");
+        assert!(
+            shown.starts_with("TOML syntax error at line 2, column "),
+            "{shown}"
+        );
+        assert!(shown.contains("name = \"events"), "{shown}");
+        for text in [
+            "[[bridge]]\nname = \"a\"\nbearer_token = \"tok-SECRET-1\n",
+            "[[bridge]]\nname = \"a\"\nbearer_token = \"tok-SECRET-1\" x\n",
+            "[[bridge]]\ntls = { password = \"tok-SECRET-1 }\n",
+            "[exchange]\n\"url\" = \"amqp://u:tok-SECRET-1@h\" ]\n",
+            "exchange.url = 'amqp://u:tok-SECRET-1@h\n",
+            "[[bridge]]\nproperties = { \"ssl.key.password\" = \"tok-SECRET-1 }\n",
+            "[[bridge]]\nhmac_secret = \"\"\"\nfirst\ntok-SECRET-1\\q\n\"\"\"\n",
+        ] {
+            let hidden = syntax_error(text);
+            assert!(hidden.contains("TOML syntax error at line "), "{hidden}");
+            assert!(hidden.contains("the line is not shown"), "{text}: {hidden}");
+            assert!(!hidden.contains("SECRET"), "{text}: {hidden}");
+        }
+        // A `_file` key holds a path, which is fine to show.
+        let shown = syntax_error("[[bridge]]\npassword_file = \"/run/pw\" x\n");
+        assert!(shown.contains("/run/pw"), "{shown}");
+    }
+
+    #[test]
+    fn secret_keys_are_recognised_in_any_spelling() {
+        for key in [
+            "url",
+            "exchange.url",
+            "password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "hmac_secret",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["password_file", "url_file", "user", "queue", "public_url"] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+        assert!(assigns_secret(
+            "  tls = { ca_file = \"x\", password = \"p\" }"
+        ));
+        assert!(!assigns_secret("user = \"password\""));
+    }
+
+    #[test]
+    fn literal_secrets_are_told_from_references() {
+        let holds = |value: serde_json::Value| holds_literal_secret(&value);
+        assert!(holds(
+            serde_json::json!({"exchange": {"url": "amqp://u:p@h"}})
+        ));
+        assert!(holds(serde_json::json!({"bridge": [{"token": "t0k"}]})));
+        assert!(holds(serde_json::json!({"url": "nats://t0k@h"})));
+        assert!(!holds(
+            serde_json::json!({"exchange": {"url": "amqp://h:5672/%2f"}})
+        ));
+        assert!(!holds(serde_json::json!({"url": "amqp://u:${PW}@h"})));
+        assert!(!holds(serde_json::json!({"password": "${PW}"})));
+        assert!(!holds(serde_json::json!({"password_file": "pw"})));
+    }
+
+    #[test]
+    fn interpolation_errors_do_not_quote_a_secret() {
+        let mut value = serde_json::json!({"bridge": {"password": "ab${c-SECRET-2}"}});
+        let error = interpolate(&mut value, &mut String::new(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bridge.password"), "{error}");
+        assert!(!error.contains("SECRET"), "{error}");
+        let mut value = serde_json::json!({"queue": "ab${c-SHOWN}"});
+        let error = interpolate(&mut value, &mut String::new(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("c-SHOWN"), "{error}");
     }
 }

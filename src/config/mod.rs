@@ -59,7 +59,8 @@ pub enum ContentMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExchangeConfig {
-    pub url: String,
+    /// Holds the password: shown only through `url.redacted()`.
+    pub url: crate::secret::Secret,
     pub name: String,
     pub kind: String,
     pub durable: bool,
@@ -109,6 +110,21 @@ pub struct AdminConfig {
     /// `/readyz` says not ready; a bridge that never connected is not ready at once.
     #[serde(with = "duration")]
     pub ready_grace: Duration,
+    /// When set, `/bridges` wants `Authorization: Bearer <token>`; `/metrics`, `/healthz`
+    /// and `/readyz` stay open.
+    pub token: Option<crate::secret::Secret>,
+    /// Host names (besides the listen address, and `localhost` on loopback) that requests
+    /// may name in `Host`; any other is answered 421 (DNS rebinding). A list, or
+    /// comma-separated text (as an environment override gives it).
+    #[serde(deserialize_with = "list_or_text")]
+    pub allowed_hosts: Vec<String>,
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -116,8 +132,65 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:9180".parse().expect("valid address"),
             ready_grace: Duration::from_secs(10),
+            token: None,
+            allowed_hosts: Vec::new(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: 64,
         }
     }
+}
+
+impl AdminConfig {
+    pub fn limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        check_limits("admin", &self.limits())?;
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|token| token.expose().is_empty())
+        {
+            return Err(key_error("admin.token", "must not be empty".into()));
+        }
+        for host in &self.allowed_hosts {
+            let name = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+            let address = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok();
+            if !(name || address) {
+                return Err(key_error(
+                    "admin.allowed_hosts",
+                    format!(
+                        "`{host}` is not a host name or an IP address (no scheme, path or port)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[webhook] tls`: PEM files of the certificate chain and its private key, re-read when
+/// they change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// `[webhook]`: the HTTP listener every `kind = "webhook"` bridge shares (not the admin
@@ -129,6 +202,15 @@ pub struct WebhookConfig {
     /// The base URL senders use, e.g. `https://hooks.example.com` behind a TLS proxy.
     /// `webhook-url` prints it, and events carry it in their `source`.
     pub public_url: Option<String>,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Default for WebhookConfig {
@@ -136,8 +218,90 @@ impl Default for WebhookConfig {
         Self {
             listen: "127.0.0.1:9181".parse().expect("valid address"),
             public_url: None,
+            tls: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: 1024,
         }
     }
+}
+
+impl WebhookConfig {
+    pub fn limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
+    /// Checks the limits, and reads the certificate and key so that a mistake in them
+    /// is a config error (at `check`, start and reload) rather than a failed bridge.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        check_limits("webhook", &self.limits())?;
+        if let Some(tls) = &self.tls {
+            crate::listener::load_certified_key(&tls.cert, &tls.key)
+                .map_err(|(key, message)| key_error(&format!("webhook.{key}"), message))?;
+        }
+        Ok(())
+    }
+}
+
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Far above any file-descriptor limit; keeps the semaphore within its bounds.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
+fn list_or_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+fn key_error(key: &str, message: String) -> ConfigError {
+    ConfigError::Key {
+        key: key.to_owned(),
+        message,
+    }
+}
+
+fn check_limits(section: &str, limits: &crate::listener::Limits) -> Result<(), ConfigError> {
+    for (key, value) in [
+        ("header_timeout", limits.header_timeout),
+        ("body_timeout", limits.body_timeout),
+        ("idle_timeout", limits.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(key_error(
+                &format!("{section}.{key}"),
+                "must be more than 0".into(),
+            ));
+        }
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
+        return Err(key_error(
+            &format!("{section}.max_connections"),
+            format!("must be between 1 and {MAX_CONNECTIONS}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `[defaults]`: values every bridge inherits unless it sets its own.
@@ -207,6 +371,8 @@ pub(crate) struct CommonKeys {
     pub time_field: Option<String>,
     #[serde(default)]
     pub format: PayloadFormat,
+    /// `format = "s3-notification"`: the tenant of each record's bucket.
+    pub bucket_tenants: Option<std::collections::BTreeMap<String, String>>,
     pub content_type: Option<String>,
     pub max_in_flight: Option<usize>,
     pub max_in_flight_bytes: Option<usize>,
@@ -221,8 +387,12 @@ pub(crate) struct CommonKeys {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BridgeSpec {
     pub name: String,
-    /// Fixed text, or a template of the subject or a header (`{subject[1]}`).
+    /// Fixed text, or a template of the transport's subject or a header
+    /// (`{subject[1]}`); never of the payload. Unused with `bucket_tenants`.
     pub tenant: String,
+    /// `format = "s3-notification"` only: bucket name -> tenant (each a valid tenant).
+    /// Records of other buckets are dead-lettered as `invalid_tenant`.
+    pub bucket_tenants: Option<std::collections::BTreeMap<String, String>>,
     /// The `<source>` word of the routing key.
     pub source_name: String,
     /// Overrides the CloudEvent `source` the kind would derive.
@@ -251,9 +421,25 @@ impl BridgeSpec {
     }
 
     /// The tenant when it is the same for every message; `None` for a tenant template
-    /// such as `{subject[1]}`.
+    /// such as `{subject[1]}`, or tenants by bucket (`bucket_tenants`).
     pub fn fixed_tenant(&self) -> Option<&str> {
-        (!self.tenant.contains('{')).then_some(self.tenant.as_str())
+        (self.bucket_tenants.is_none() && !self.tenant.contains('{'))
+            .then_some(self.tenant.as_str())
+    }
+
+    /// The tenant setting as `check` shows it: the `tenant` text, or the buckets'
+    /// tenants (`bucket_tenants`).
+    pub fn tenant_setting(&self) -> String {
+        match &self.bucket_tenants {
+            Some(buckets) => {
+                let pairs: Vec<String> = buckets
+                    .iter()
+                    .map(|(bucket, tenant)| format!("{bucket} = {tenant}"))
+                    .collect();
+                format!("by bucket: {}", pairs.join(", "))
+            }
+            None => self.tenant.clone(),
+        }
     }
 
     /// The binding pattern matching every event of this bridge.
@@ -297,6 +483,7 @@ mod tests {
             names::<ExchangeConfig>(),
             names::<AdminConfig>(),
             names::<WebhookConfig>(),
+            names::<TlsConfig>(),
             names::<Defaults>(),
             names::<BackoffConfig>(),
             names::<CommonKeys>(),

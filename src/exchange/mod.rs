@@ -155,8 +155,14 @@ impl Publisher {
         self.current.borrow().is_some()
     }
 
+    /// The last connection error, without secrets (it is shown in `/bridges`, `/readyz`
+    /// and by `emit`).
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("lock").clone()
+        self.last_error
+            .lock()
+            .expect("lock")
+            .as_deref()
+            .map(crate::secret::scrub)
     }
 
     /// How many times the connection was (re)established.
@@ -308,7 +314,7 @@ impl Publisher {
                 ))),
             );
         };
-        put(ERROR_HEADER, letter.detail);
+        put(ERROR_HEADER, &crate::secret::scrub(letter.detail));
         put(REASON_HEADER, letter.reason);
         put(BRIDGE_HEADER, letter.bridge);
         if let Some(subject) = letter.subject {
@@ -493,7 +499,7 @@ impl Manager {
     async fn connect(&self) -> Result<(Connection, Channel), ConnectError> {
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from("broker-bridge"));
-        let connection = Connection::connect(&self.config.url, properties).await?;
+        let connection = Connection::connect(self.config.url.expose(), properties).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
             channel

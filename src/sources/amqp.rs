@@ -65,6 +65,7 @@ use super::{Acker, ConnectContext, Incoming, Source, SourceError, TlsOptions};
 use crate::config::{BridgeSpec, ExchangeConfig, fields};
 use crate::normalize::Metadata;
 use crate::routing;
+use crate::secret::Secret;
 
 /// A broker that accepts TCP but never finishes the handshake or a declare must not hang
 /// the bridge: the whole setup is bounded, then retried with backoff.
@@ -77,8 +78,9 @@ use crate::short_string::{MAX_SHORT_STRING, TooLong, constant, short_string as w
 
 /// AMQP properties offered to templates as if they were headers, e.g.
 /// `type = "{header:amqp-type}"` or `tenant = "{header:amqp-user-id}"` (RabbitMQ checks
-/// `user_id` against the publishing connection's user). A real header with the same
-/// name comes first.
+/// `user_id` against the publishing connection's user). They come only from the
+/// properties: an application header of one of these names (any case) is dropped, so a
+/// publisher can never stand in for the identity RabbitMQ checked.
 pub const PROPERTY_HEADERS: [&str; 4] = [
     "amqp-type",
     "amqp-app-id",
@@ -93,10 +95,10 @@ pub struct AmqpSpec {
     /// Broker URL, `amqp://user:password@host:5672/vhost` (the vhost `/` is `%2f`);
     /// `amqps://` for TLS.
     #[serde(default = "default_url")]
-    pub url: String,
+    pub url: Secret,
     /// User name instead of the one in `url` (with `password`).
     pub user: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS settings for an `amqps://` url.
     pub tls: Option<TlsOptions>,
     /// The queue to consume.
@@ -120,7 +122,7 @@ pub struct AmqpSpec {
     pub consumer_tag: Option<String>,
 }
 
-fn default_url() -> String {
+fn default_url() -> Secret {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
 
@@ -164,10 +166,11 @@ impl AmqpSpec {
 
     /// Refuses settings that are wrong or that would otherwise be silently ignored.
     fn validate(&self) -> Result<(), String> {
-        let endpoint = Endpoint::parse(&self.url).map_err(|e| format!("key `url`: {e}"))?;
+        let url = self.url.expose();
+        let endpoint = Endpoint::parse(url).map_err(|e| format!("key `url`: {e}"))?;
         // The URL holds a password: the errors never repeat it.
-        self.url.parse::<AMQPUri>().map_err(|e| {
-            let e = e.replace(&self.url, "<url>");
+        url.parse::<AMQPUri>().map_err(|e| {
+            let e = e.replace(url, "<url>");
             format!("key `url`: not an AMQP URL: {e}")
         })?;
         match (&self.user, &self.password) {
@@ -283,7 +286,7 @@ impl AmqpSpec {
     }
 
     pub fn describe(&self) -> String {
-        let endpoint = Endpoint::parse(&self.url).ok();
+        let endpoint = Endpoint::parse(self.url.expose()).ok();
         let server = endpoint
             .as_ref()
             .map(|e| format!("{}, vhost `{}`", e.label(), e.vhost))
@@ -318,8 +321,10 @@ impl AmqpSpec {
         let Some(bound) = self.bind_exchange.as_deref() else {
             return Ok(());
         };
-        let (Ok(ours), Ok(theirs)) = (Endpoint::parse(&self.url), Endpoint::parse(&exchange.url))
-        else {
+        let (Ok(ours), Ok(theirs)) = (
+            Endpoint::parse(self.url.expose()),
+            Endpoint::parse(exchange.url.expose()),
+        ) else {
             return Ok(());
         };
         if !ours.same_broker(&theirs) {
@@ -393,7 +398,8 @@ struct Endpoint {
 impl Endpoint {
     /// Reads scheme, host, port and vhost the way lapin does (no path: vhost `/`; a bare
     /// `/`: the vhost ""), but keeps IP hosts, which lapin's URI parser turns into
-    /// `localhost` when they are IPv6 literals.
+    /// `localhost` when they are IPv6 literals. Errors never quote the user info or the
+    /// port, where a password would be (or a piece of one that holds `/`, `?` or `#`).
     fn parse(url: &str) -> Result<Endpoint, String> {
         let (scheme, rest) = url
             .split_once("://")
@@ -401,10 +407,18 @@ impl Endpoint {
         let tls = match scheme.to_ascii_lowercase().as_str() {
             "amqp" => false,
             "amqps" => true,
-            _ => return Err(format!("the scheme is `{scheme}`, not amqp or amqps")),
+            _ if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                return Err(format!("the scheme is `{scheme}`, not amqp or amqps"));
+            }
+            _ => return Err("the scheme is not amqp or amqps".into()),
         };
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, rest) = rest.split_at(end);
+        if !authority.contains('@') && rest.contains('@') {
+            return Err(
+                "the user info holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)".into(),
+            );
+        }
         let (has_credentials, host_port) = match authority.rsplit_once('@') {
             Some((_, host_port)) => (true, host_port),
             None => (false, authority),
@@ -430,7 +444,7 @@ impl Endpoint {
             }
             Some(port) => port
                 .parse()
-                .map_err(|_| format!("the port `{port}` is not a number up to 65535"))?,
+                .map_err(|_| "the port is not a number up to 65535".to_string())?,
         };
         let path = rest.split(['?', '#']).next().unwrap_or("");
         let vhost = match path.strip_prefix('/') {
@@ -579,7 +593,7 @@ pub async fn connect(
     spec: &AmqpSpec,
     context: &ConnectContext,
 ) -> Result<Box<dyn Source>, SourceError> {
-    let endpoint = Endpoint::parse(&spec.url).map_err(SetupError::Url)?;
+    let endpoint = Endpoint::parse(spec.url.expose()).map_err(SetupError::Url)?;
     match tokio::time::timeout(SETUP_TIMEOUT, open(spec, &endpoint, context)).await {
         Ok(result) => Ok(Box::new(result?)),
         Err(_) => Err(SetupError::Timeout {
@@ -596,15 +610,15 @@ async fn connect_broker(
     endpoint: &Endpoint,
     label: &str,
 ) -> Result<Connection, SetupError> {
-    let mut uri: AMQPUri = spec
-        .url
+    let url = spec.url.expose();
+    let mut uri: AMQPUri = url
         .parse()
-        .map_err(|e: String| SetupError::Url(e.replace(&spec.url, "<url>")))?;
+        .map_err(|e: String| SetupError::Url(e.replace(url, "<url>")))?;
     // lapin's URI parser turns IPv6 literals into "localhost"; connect where the URL says.
     uri.authority.host = endpoint.host.clone();
     if let (Some(user), Some(password)) = (&spec.user, &spec.password) {
         uri.authority.userinfo.username = user.clone();
-        uri.authority.userinfo.password = password.clone();
+        uri.authority.userinfo.password = password.expose().to_owned();
     }
     let tls = tls_config(spec.tls.as_ref()).await?;
     let properties = ConnectionProperties::default()
@@ -860,7 +874,7 @@ pub async fn verify_queue(spec: &AmqpSpec, bridge: &str) -> Result<(), SourceErr
     if !spec.declare || spec.exclusive() {
         return Ok(());
     }
-    let endpoint = Endpoint::parse(&spec.url).map_err(SetupError::Url)?;
+    let endpoint = Endpoint::parse(spec.url.expose()).map_err(SetupError::Url)?;
     let connection = connect_broker(spec, &endpoint, &format!("{bridge} (verify)")).await?;
     let held = match messages_in(&connection, &spec.queue).await {
         Ok(held) => held,
@@ -1160,6 +1174,11 @@ fn metadata(delivery: &Delivery, source_uri: &str, received: DateTime<Utc>) -> M
             .filter(|v| !v.is_empty())
     };
     let mut headers = headers_of(properties);
+    headers.retain(|(name, _)| {
+        !PROPERTY_HEADERS
+            .iter()
+            .any(|property| name.eq_ignore_ascii_case(property))
+    });
     for (name, value) in PROPERTY_HEADERS.into_iter().zip([
         properties.kind(),
         properties.app_id(),
@@ -1309,6 +1328,7 @@ mod tests {
         BridgeSpec {
             name: "orders".into(),
             tenant: tenant.into(),
+            bucket_tenants: None,
             source_name: "orders".into(),
             source_uri: None,
             event_type: None,
@@ -1329,7 +1349,7 @@ mod tests {
     #[test]
     fn defaults_and_keys() {
         let spec = parse(serde_json::json!({"queue": "orders"})).unwrap();
-        assert_eq!(spec.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(spec.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert!(spec.declare && spec.durable() && !spec.exclusive() && !spec.auto_delete());
         assert!(spec.binding_keys().is_empty());
         let spec = parse(serde_json::json!({"queue": "q", "bind_exchange": "legacy"})).unwrap();
@@ -1633,6 +1653,20 @@ mod tests {
         assert_eq!(header("amqp-type"), Some("OrderCreated"));
         assert_eq!(header("amqp-app-id"), Some("shop"));
         assert_eq!(header("amqp-user-id"), None);
+
+        // An application header cannot stand in for a property, in any case: with the
+        // property set it gives way to it, without it it is gone.
+        let mut spoofed = FieldTable::default();
+        spoofed.insert("AMQP-User-Id".into(), AMQPValue::LongString("evil".into()));
+        spoofed.insert("amqp-app-id".into(), AMQPValue::LongString("evil".into()));
+        delivery.properties = BasicProperties::default()
+            .with_user_id("guest".into())
+            .with_headers(spoofed);
+        let meta = metadata(&delivery, "s", received);
+        assert_eq!(
+            meta.headers,
+            [("amqp-user-id".to_owned(), "guest".to_owned())]
+        );
 
         let bare = Delivery::mock(2, "".into(), "".into(), true, Vec::new());
         let meta = metadata(&bare, "s", received);

@@ -38,7 +38,7 @@
 //! (`hourly@2026-11-22T10:00:00Z`): the same for every replica and every restart, so
 //! consumers deduplicate on (`source`, `id`). `time` is the scheduled time (not when it
 //! was emitted), `source` is `urn:broker-bridge:calendar:<bridge>`, `type`
-//! `broker_bridge.calendar.tick` unless the bridge sets `type`, no `subject`. `data`
+//! `broker-bridge.calendar.tick` unless the bridge sets `type`, no `subject`. `data`
 //! (any TOML value) is sent as JSON (`application/json`); without it the event has no
 //! `data` and no `datacontenttype` at all.
 //!
@@ -91,7 +91,7 @@ use crate::config::{duration, fields};
 use crate::normalize::Metadata;
 
 /// The CloudEvent type of a tick when the bridge sets no `type`.
-pub const TICK_TYPE: &str = "broker_bridge.calendar.tick";
+pub const TICK_TYPE: &str = "broker-bridge.calendar.tick";
 
 /// A tick overdue by this much or less is on time; more is missed.
 const GRACE: TimeDelta = TimeDelta::seconds(1);

@@ -194,7 +194,7 @@ pub struct KafkaSpec {
     /// SASL user name and password, with `sasl_*`.
     pub user: Option<String>,
     #[serde(default, skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<crate::secret::Secret>,
     /// TLS files, with `ssl` and `sasl_ssl`.
     pub tls: Option<TlsOptions>,
     /// More librdkafka properties, passed through as text, e.g.
@@ -474,7 +474,7 @@ impl KafkaSpec {
             config.set("sasl.username", user);
         }
         if let Some(password) = &self.password {
-            config.set("sasl.password", password);
+            config.set("sasl.password", password.expose());
         }
         if let Some(tls) = &self.tls {
             let path = |p: &std::path::PathBuf| p.to_string_lossy().into_owned();

@@ -17,6 +17,8 @@ pub mod s3;
 pub mod state_file;
 #[cfg(feature = "webhook")]
 pub mod webhook;
+#[cfg(feature = "webhook")]
+pub mod webhook_auth;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -159,6 +161,30 @@ impl SourceSpec {
             SourceSpec::Webhook(_) => "webhook",
             #[cfg(feature = "calendar")]
             SourceSpec::Calendar(_) => "calendar",
+        }
+    }
+
+    /// What `{subject[N]}` splits this kind's subject on: `.` for NATS subjects and AMQP
+    /// routing keys, `/` for MQTT topics and S3 keys; `None` for Kafka topics (one
+    /// token; `.` is an ordinary character of a topic name) and for kinds without a
+    /// subject (webhook, calendar). Only this separator: `a.b/c` on MQTT is the levels
+    /// `a.b` and `c`, so one level can never reach into the position of another.
+    pub fn subject_separator(&self) -> Option<char> {
+        match self {
+            #[cfg(feature = "nats")]
+            SourceSpec::Nats(_) | SourceSpec::JetStream(_) => Some('.'),
+            #[cfg(feature = "amqp")]
+            SourceSpec::Amqp(_) => Some('.'),
+            #[cfg(feature = "mqtt")]
+            SourceSpec::Mqtt(_) => Some('/'),
+            #[cfg(feature = "s3")]
+            SourceSpec::S3(_) => Some('/'),
+            #[cfg(feature = "kafka")]
+            SourceSpec::Kafka(_) => None,
+            #[cfg(feature = "webhook")]
+            SourceSpec::Webhook(_) => None,
+            #[cfg(feature = "calendar")]
+            SourceSpec::Calendar(_) => None,
         }
     }
 
@@ -411,6 +437,15 @@ impl SourceMetrics {
         if let Some(metrics) = &self.0 {
             metrics
                 .dropped_overflow
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `bridge_requests_duplicate_total`: a delivery answered without publishing again.
+    pub fn count_duplicate(&self) {
+        if let Some(metrics) = &self.0 {
+            metrics
+                .duplicates
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -68,6 +68,7 @@ use super::{Acker, ConnectContext, Incoming, NoAck, Source, SourceError, TlsOpti
 use crate::cloudevent::is_valid_attribute_name;
 use crate::config::{duration, fields};
 use crate::normalize::Metadata;
+use crate::secret::Secret;
 
 /// The MQTT protocol version spoken to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -114,7 +115,7 @@ impl<'de> Deserialize<'de> for Protocol {
 pub struct MqttSpec {
     /// Broker URL: `mqtt://host:1883` (plain TCP) or `mqtts://host:8883` (TLS).
     #[serde(default = "default_url")]
-    pub url: String,
+    pub url: Secret,
     /// `"3.1.1"` (default) or `"5"`.
     #[serde(default)]
     pub protocol: Protocol,
@@ -135,11 +136,11 @@ pub struct MqttSpec {
     pub keep_alive: Duration,
     pub user: Option<String>,
     #[serde(default, skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub tls: Option<TlsOptions>,
 }
 
-fn default_url() -> String {
+fn default_url() -> Secret {
     "mqtt://127.0.0.1:1883".into()
 }
 
@@ -182,7 +183,7 @@ impl MqttSpec {
 
     /// Refuses settings that would otherwise be silently ignored or quietly lose messages.
     fn validate(&self) -> Result<(), String> {
-        let endpoint = Endpoint::parse(&self.url).map_err(|e| format!("key `url`: {e}"))?;
+        let endpoint = Endpoint::parse(self.url.expose()).map_err(|e| format!("key `url`: {e}"))?;
         if self.topics.is_empty() {
             return Err(
                 "key `topics`: give at least one topic filter, e.g. [\"sensors/#\"]".into(),
@@ -264,7 +265,7 @@ impl MqttSpec {
             if configured && !endpoint.tls {
                 return Err(format!(
                     "key `tls`: the url `{}` is plain TCP; use mqtts:// for TLS",
-                    self.url
+                    self.url.redacted()
                 ));
             }
         }
@@ -298,7 +299,7 @@ impl MqttSpec {
 
     pub fn describe(&self) -> String {
         let topics: Vec<String> = self.topics.iter().map(|t| format!("`{t}`")).collect();
-        let endpoint = Endpoint::parse(&self.url);
+        let endpoint = Endpoint::parse(self.url.expose());
         let mut details = vec![
             format!("MQTT {}", self.protocol.label()),
             format!("QoS {}", self.qos),
@@ -329,7 +330,7 @@ impl MqttSpec {
         format!(
             "topics {} on {} ({}); {guarantee}",
             topics.join(", "),
-            endpoint.map_or_else(|_| self.url.clone(), |e| e.label()),
+            endpoint.map_or_else(|_| self.url.redacted(), |e| e.label()),
             details.join(", ")
         )
     }
@@ -730,10 +731,14 @@ fn new_client(
     context: &ConnectContext,
 ) -> Result<(Client, EventLoop), SourceError> {
     let transport = tls_configuration(spec, endpoint)?.map(rumqttc::Transport::tls_with_config);
-    let credentials = spec
-        .user
-        .as_ref()
-        .map(|user| (user.clone(), spec.password.clone().unwrap_or_default()));
+    let credentials = spec.user.as_ref().map(|user| {
+        let password = spec
+            .password
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        (user.clone(), password.to_owned())
+    });
     Ok(match spec.protocol {
         Protocol::V311 => {
             let mut options = rumqttc::MqttOptions::new(client_id, &endpoint.host, endpoint.port);
@@ -997,7 +1002,7 @@ pub async fn connect(
     spec: &MqttSpec,
     context: &ConnectContext,
 ) -> Result<Box<dyn Source>, SourceError> {
-    let endpoint = Endpoint::parse(&spec.url).map_err(SourceError::Connect)?;
+    let endpoint = Endpoint::parse(spec.url.expose()).map_err(SourceError::Connect)?;
     let server = endpoint.label();
     let client_id = spec.client_id(&context.bridge);
     let (client, mut events) = new_client(spec, &endpoint, client_id.clone(), context)?;
@@ -1486,7 +1491,7 @@ mod tests {
     #[test]
     fn defaults_are_qos_1_on_local_mosquitto() {
         let spec = parse(serde_json::json!({"topics": ["a/#"]})).unwrap();
-        assert_eq!(spec.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(spec.url.expose(), "mqtt://127.0.0.1:1883");
         assert_eq!(spec.protocol, Protocol::V311);
         assert_eq!(spec.qos, 1);
         assert_eq!(spec.client_id("orders"), "broker-bridge-orders");

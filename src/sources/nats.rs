@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::{duration, fields};
 use crate::normalize::{Metadata, find_header};
+use crate::secret::Secret;
 
 /// Connection keys shared by both NATS kinds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,18 +25,18 @@ use crate::normalize::{Metadata, find_header};
 pub struct NatsConnection {
     /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`, `tls://host:4222`.
     #[serde(default = "default_url")]
-    pub url: String,
+    pub url: Secret,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
     /// NKey seed (`SU...`).
-    pub nkey: Option<String>,
+    pub nkey: Option<Secret>,
     /// A `.creds` file (JWT and NKey seed).
     pub creds_file: Option<std::path::PathBuf>,
     pub tls: Option<TlsOptions>,
 }
 
-fn default_url() -> String {
+fn default_url() -> Secret {
     "nats://127.0.0.1:4222".into()
 }
 
@@ -190,7 +191,9 @@ pub(super) fn accepted_keys() -> Vec<&'static str> {
 }
 
 /// `host:port` of the first server, without credentials, for CloudEvent sources.
-fn server_label(url: &str) -> String {
+fn server_label(url: &Secret) -> String {
+    // Redacted first: a `,` in a password would otherwise split the list inside it.
+    let url = crate::secret::redact_url(url.expose());
     let first = url.split(',').next().unwrap_or("").trim();
     let without_scheme = first.split_once("://").map_or(first, |(_, rest)| rest);
     let without_credentials = without_scheme
@@ -217,13 +220,13 @@ async fn connect_with(
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(10));
     if let (Some(user), Some(password)) = (&connection.user, &connection.password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
     if let Some(token) = &connection.token {
-        options = options.token(token.clone());
+        options = options.token(token.expose().to_owned());
     }
     if let Some(seed) = &connection.nkey {
-        options = options.nkey(seed.clone());
+        options = options.nkey(seed.expose().to_owned());
     }
     if let Some(path) = &connection.creds_file {
         options = options.credentials_file(path).await.map_err(|e| {
@@ -243,10 +246,13 @@ async fn connect_with(
     }
     let servers: Vec<async_nats::ServerAddr> = connection
         .url
+        .expose()
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
-        .map_err(|e| SourceError::Connect(format!("bad url `{}`: {e}", connection.url)))?;
+        .map_err(|e| {
+            SourceError::Connect(format!("bad url `{}`: {e}", connection.url.redacted()))
+        })?;
     options
         .connect(servers)
         .await
@@ -720,9 +726,11 @@ mod tests {
 
     #[test]
     fn server_labels_drop_scheme_and_credentials() {
-        assert_eq!(server_label("nats://u:p@127.0.0.1:4222"), "127.0.0.1:4222");
-        assert_eq!(server_label("tls://a:4222, tls://b:4222"), "a:4222");
-        assert_eq!(server_label("localhost:4222"), "localhost:4222");
+        let label = |url: &str| server_label(&url.into());
+        assert_eq!(label("nats://u:p@127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(label("nats://u:p,w@127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(label("tls://a:4222, tls://b:4222"), "a:4222");
+        assert_eq!(label("localhost:4222"), "localhost:4222");
     }
 
     #[test]
@@ -754,7 +762,7 @@ mod tests {
         let table =
             serde_json::json!({"url": "nats://x:4222", "subject": "a.>", "queue_group": "g"});
         let spec = NatsSpec::parse(table.as_object().unwrap().clone()).unwrap();
-        assert_eq!(spec.connection.url, "nats://x:4222");
+        assert_eq!(spec.connection.url.expose(), "nats://x:4222");
         assert_eq!(spec.keys.queue_group.as_deref(), Some("g"));
         let table = serde_json::json!({"subject": "a", "stream": "S"});
         let err = NatsSpec::parse(table.as_object().unwrap().clone()).unwrap_err();

@@ -74,6 +74,7 @@ use super::{Acker, ConnectContext, Incoming, Source, SourceError, TlsOptions};
 use crate::config::{duration, fields};
 use crate::normalize::Metadata;
 use crate::s3notification::{ObjectData, clean_etag, inline_body};
+use crate::secret::Secret;
 
 /// `kind = "s3"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +95,9 @@ pub struct S3Spec {
     /// Path-style addressing (`host/bucket/key`); default: true with `endpoint_url`.
     pub path_style: Option<bool>,
     /// Static credentials; without them, the standard AWS credential chain.
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub session_token: Option<String>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
     pub tls: Option<TlsOptions>,
     #[serde(default = "default_poll_interval", with = "duration")]
     pub poll_interval: Duration,
@@ -562,9 +563,9 @@ async fn client(spec: &S3Spec) -> Result<Client, SourceError> {
             .behavior_version(BehaviorVersion::latest())
             .region(region)
             .credentials_provider(Credentials::new(
-                id,
-                secret,
-                spec.session_token.clone(),
+                id.expose(),
+                secret.expose(),
+                spec.session_token.as_ref().map(|t| t.expose().to_owned()),
                 None,
                 "broker-bridge",
             )),

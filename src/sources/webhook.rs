@@ -19,8 +19,14 @@
 //! Any combination of a token as the last path segment (`/hooks/github/<token>`, a URL
 //! that can be pasted into GitHub, GitLab, Docker Hub or CircleCI), a bearer token, and
 //! an HMAC-SHA256 signature of the raw body in a header (GitHub's `X-Hub-Signature-256:
-//! sha256=<hex>`). Every configured check must pass. Secrets are compared in constant
-//! time. A missing credential is 401, a wrong one 403; neither says which check failed.
+//! sha256=<hex>`, or the Slack, Stripe and Standard Webhooks schemes of
+//! `webhook_auth`, whose signed timestamps must be within `timestamp_tolerance`). Every
+//! configured check must pass. Secrets are compared in constant time. Every failed check
+//! is answered the same (403 `forbidden`), so a scanner learns nothing about which
+//! tokens exist; the reason goes to the log and the metric label.
+//!
+//! A delivery id (`id_header`, or the scheme's signed id) that was published within
+//! `timestamp_tolerance` is answered 200 without being published again.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -33,21 +39,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
+use super::webhook_auth::{REPLAY_CAPACITY, ReplayGuard, SignatureCheck, SignatureScheme};
 use super::{Acker, ConnectContext, ExchangeProbe, Incoming, Source, SourceError, SourceMetrics};
 use crate::cloudevent::{is_batch_content_type, is_json_content_type};
 use crate::config::{BridgeSpec, WebhookConfig, duration, fields};
 use crate::metrics::Refusal;
 use crate::normalize::{Metadata, RejectReason, find_header};
+use crate::secret::Secret;
 
 /// The CloudEvent type when the bridge sets no `type`.
-pub const DEFAULT_TYPE: &str = "broker_bridge.webhook.request";
+pub const DEFAULT_TYPE: &str = "broker-bridge.webhook.request";
 /// Seconds a sender is asked to wait before trying again (`Retry-After`).
 const RETRY_AFTER_SECONDS: &str = "5";
 
@@ -62,17 +68,25 @@ pub struct WebhookSpec {
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// A secret appended to the path as its last segment.
-    pub path_token: Option<String>,
+    pub path_token: Option<Secret>,
     /// A secret the sender sends as `Authorization: Bearer <token>`.
-    pub bearer_token: Option<String>,
+    pub bearer_token: Option<Secret>,
     /// The key of an HMAC-SHA256 signature over the raw body.
-    pub hmac_secret: Option<String>,
+    pub hmac_secret: Option<Secret>,
     /// Header carrying the signature.
     #[serde(default = "default_hmac_header")]
     pub hmac_header: String,
     /// Text before the hex signature in that header.
     #[serde(default = "default_hmac_prefix")]
     pub hmac_prefix: String,
+    /// How the sender signs: `plain` (`hmac_header`/`hmac_prefix`, GitHub and alike),
+    /// `slack`, `stripe` or `standard-webhooks`.
+    #[serde(default)]
+    pub hmac_scheme: SignatureScheme,
+    /// How far a signed timestamp may be from now, either way; also how long a
+    /// published delivery id is remembered to answer a repeat without publishing it.
+    #[serde(default = "default_timestamp_tolerance", with = "duration")]
+    pub timestamp_tolerance: Duration,
     /// Accept requests without any of the checks above (for hooks behind a proxy that
     /// authenticates).
     #[serde(default)]
@@ -97,6 +111,9 @@ fn default_hmac_header() -> String {
 }
 fn default_hmac_prefix() -> String {
     "sha256=".into()
+}
+fn default_timestamp_tolerance() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_response_timeout() -> Duration {
     Duration::from_secs(8)
@@ -123,12 +140,13 @@ impl WebhookSpec {
             ("bearer_token", &spec.bearer_token),
             ("hmac_secret", &spec.hmac_secret),
         ] {
-            if secret.as_deref().is_some_and(str::is_empty) {
+            if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
                 return Err(format!("key `{key}`: must not be empty"));
             }
         }
         if let Some(token) = &spec.path_token
             && !token
+                .expose()
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
         {
@@ -159,7 +177,24 @@ impl WebhookSpec {
         if spec.response_timeout.is_zero() {
             return Err("key `response_timeout`: must be more than 0".into());
         }
+        if spec.timestamp_tolerance.is_zero() {
+            return Err("key `timestamp_tolerance`: must be more than 0".into());
+        }
+        if spec.hmac_scheme != SignatureScheme::Plain && spec.hmac_secret.is_none() {
+            return Err("key `hmac_scheme`: set `hmac_secret` too".into());
+        }
+        signature_check(&spec)?;
         Ok(spec)
+    }
+
+    /// The header whose value is the event id and the delivery id of a repeat.
+    fn delivery_id_header(&self) -> Option<String> {
+        self.id_header.clone().or_else(|| {
+            self.hmac_secret
+                .as_ref()
+                .and(self.hmac_scheme.delivery_id_header())
+                .map(str::to_owned)
+        })
     }
 
     /// The path of the hook without its token.
@@ -178,7 +213,12 @@ impl WebhookSpec {
             checks.push("bearer token".to_owned());
         }
         if self.hmac_secret.is_some() {
-            checks.push(format!("HMAC-SHA256 in {}", self.hmac_header));
+            checks.push(match self.hmac_scheme {
+                SignatureScheme::Plain => format!("HMAC-SHA256 in {}", self.hmac_header),
+                SignatureScheme::Slack => "Slack signature".into(),
+                SignatureScheme::Stripe => "Stripe signature".into(),
+                SignatureScheme::StandardWebhooks => "Standard Webhooks signature".into(),
+            });
         }
         if checks.is_empty() {
             checks.push("no authentication".to_owned());
@@ -256,7 +296,12 @@ pub fn base_url(config: &WebhookConfig) -> String {
             ip => ip.to_string(),
         }
     };
-    format!("http://{host}:{}", config.listen.port())
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}:{}", config.listen.port())
 }
 
 /// The full URL of a bridge's hook, token included.
@@ -264,7 +309,7 @@ pub fn hook_url(config: &WebhookConfig, bridge: &str, spec: &WebhookSpec) -> Str
     let mut url = format!("{}{}", base_url(config), spec.hook_path(bridge));
     if let Some(token) = &spec.path_token {
         url.push('/');
-        url.push_str(token);
+        url.push_str(token.expose());
     }
     url
 }
@@ -311,17 +356,23 @@ impl Hub {
         if let Some(address) = *bound {
             return Ok(address);
         }
+        let tls = match &self.config.tls {
+            Some(tls) => Some(crate::listener::tls_acceptor(&tls.cert, &tls.key)?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(self.config.listen).await?;
         let address = listener.local_addr()?;
         let router = axum::Router::new()
             .fallback(answer)
             .with_state(self.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "webhook listener failed");
-            }
-        });
-        tracing::info!(%address, "webhook listener up");
+        crate::listener::spawn(
+            listener,
+            crate::metrics::Listener::Webhook,
+            self.config.limits(),
+            tls,
+            router,
+        );
+        tracing::info!(%address, tls = self.config.tls.is_some(), "webhook listener up");
         *bound = Some(address);
         Ok(address)
     }
@@ -369,8 +420,12 @@ struct Route {
     methods: Vec<Method>,
     path_token: Option<Vec<u8>>,
     bearer_token: Option<Vec<u8>>,
-    hmac: Option<(Vec<u8>, String, String)>,
+    signature: Option<SignatureCheck>,
+    /// `id_header`, else the header of the scheme's signed delivery id.
     id_header: Option<String>,
+    replay: ReplayGuard,
+    bridge: String,
+    refusals_logged: RefusalLog,
     raw_bodies: bool,
     max_body: usize,
     response_timeout: Duration,
@@ -380,16 +435,56 @@ struct Route {
     metrics: SourceMetrics,
 }
 
+/// What a route is connected to, besides its bridge's settings.
+struct RouteWiring {
+    bridge: String,
+    source_uri: String,
+    max_body: usize,
+    requests: mpsc::Sender<Pending>,
+    exchange: ExchangeProbe,
+    metrics: SourceMetrics,
+}
+
 impl Route {
+    fn new(spec: &WebhookSpec, wiring: RouteWiring) -> Result<Route, String> {
+        let secret_bytes = |secret: &Option<Secret>| {
+            secret
+                .as_ref()
+                .map(|secret| secret.expose().as_bytes().to_vec())
+        };
+        Ok(Route {
+            methods: spec
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect(),
+            path_token: secret_bytes(&spec.path_token),
+            bearer_token: secret_bytes(&spec.bearer_token),
+            signature: signature_check(spec)?,
+            id_header: spec.delivery_id_header(),
+            replay: ReplayGuard::new(spec.timestamp_tolerance, REPLAY_CAPACITY),
+            bridge: wiring.bridge,
+            refusals_logged: RefusalLog::default(),
+            raw_bodies: spec.raw_bodies,
+            max_body: wiring.max_body,
+            response_timeout: spec.response_timeout,
+            source_uri: wiring.source_uri,
+            requests: wiring.requests,
+            exchange: wiring.exchange,
+            metrics: wiring.metrics,
+        })
+    }
+
     fn refuse(&self, refusal: Refusal) -> Response {
         self.metrics.refuse(refusal);
+        self.refusals_logged.log(&self.bridge, refusal);
         let status = match refusal {
-            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
-            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            // One answer for every failed check: which one failed is for the operator.
+            _ if refusal.is_authentication() => StatusCode::FORBIDDEN,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refusal::Unavailable | Refusal::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = plain(status);
         let headers = response.headers_mut();
@@ -399,9 +494,6 @@ impl Route {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),
                 );
-            }
-            Refusal::Unauthorized if self.bearer_token.is_some() => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Refusal::MethodNotAllowed => {
                 let allow: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
@@ -418,9 +510,9 @@ impl Route {
     fn authorize_path(&self, token_segment: Option<&str>) -> Option<Refusal> {
         let expected = self.path_token.as_ref()?;
         match token_segment {
-            None => Some(Refusal::Unauthorized),
+            None => Some(Refusal::MissingCredential),
             Some(given) if !bool::from(given.as_bytes().ct_eq(expected)) => {
-                Some(Refusal::Forbidden)
+                Some(Refusal::WrongToken)
             }
             Some(_) => None,
         }
@@ -436,9 +528,9 @@ impl Route {
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim());
             match given {
-                None => return Some(Refusal::Unauthorized),
+                None => return Some(Refusal::MissingCredential),
                 Some(given) if !bool::from(given.as_bytes().ct_eq(expected)) => {
-                    return Some(Refusal::Forbidden);
+                    return Some(Refusal::WrongToken);
                 }
                 Some(_) => {}
             }
@@ -446,22 +538,21 @@ impl Route {
         None
     }
 
-    /// Checks the body's signature.
+    /// Checks the body's signature (and its timestamp, where the scheme signs one).
     fn authorize_body(&self, headers: &HeaderMap, body: &[u8]) -> Option<Refusal> {
-        let (key, name, prefix) = self.hmac.as_ref()?;
-        let Some(given) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
-            return Some(Refusal::Unauthorized);
-        };
-        let signature = given
-            .trim()
-            .strip_prefix(prefix.as_str())
-            .and_then(|hex_text| hex::decode(hex_text).ok());
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(body);
-        match signature {
-            Some(signature) if mac.verify_slice(&signature).is_ok() => None,
-            _ => Some(Refusal::Forbidden),
-        }
+        let check = self.signature.as_ref()?;
+        check
+            .verify(headers, body, chrono::Utc::now().timestamp())
+            .err()
+    }
+
+    /// The delivery id a repeat would carry: `id_header` or the scheme's signed id.
+    fn delivery_id<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let name = self.id_header.as_deref()?;
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| !id.is_empty())
     }
 
     /// JSON bodies, CloudEvents in binary mode, and anything when `raw_bodies` is set.
@@ -484,9 +575,9 @@ impl Route {
                 || name.eq_ignore_ascii_case(header::COOKIE.as_str())
                 || name.eq_ignore_ascii_case(header::PROXY_AUTHORIZATION.as_str())
                 || self
-                    .hmac
+                    .signature
                     .as_ref()
-                    .is_some_and(|(_, signature, _)| name.eq_ignore_ascii_case(signature))
+                    .is_some_and(|check| check.is_signature_header(name))
         };
         // Secrets stay out of templates, so no `{header:Authorization}` can route on one.
         let headers: Vec<(String, String)> = headers
@@ -579,6 +670,13 @@ async fn answer(
     if !route.accepts(&headers) {
         return route.refuse(Refusal::UnsupportedMediaType);
     }
+    let delivery_id = route.delivery_id(&headers).map(str::to_owned);
+    if let Some(id) = &delivery_id
+        && route.replay.seen(id, std::time::Instant::now())
+    {
+        route.metrics.count_duplicate();
+        return plain(StatusCode::OK);
+    }
     let deadline = tokio::time::Instant::now() + route.response_timeout;
     let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, route.requests.reserve()).await else {
         return route.refuse(Refusal::Unavailable);
@@ -590,7 +688,12 @@ async fn answer(
         reply,
     });
     match tokio::time::timeout_at(deadline, outcome).await {
-        Ok(Ok(Outcome::Published)) => plain(StatusCode::OK),
+        Ok(Ok(Outcome::Published)) => {
+            if let Some(id) = &delivery_id {
+                route.replay.remember(id, std::time::Instant::now());
+            }
+            plain(StatusCode::OK)
+        }
         Ok(Ok(Outcome::DeadLettered(reason))) => (
             StatusCode::BAD_REQUEST,
             format!(
@@ -602,6 +705,49 @@ async fn answer(
         // The bridge stopped before taking it, or no confirm in time.
         Ok(Err(_)) => route.refuse(Refusal::Unavailable),
         Err(_) => route.refuse(Refusal::Timeout),
+    }
+}
+
+/// The configured signature check, if any.
+fn signature_check(spec: &WebhookSpec) -> Result<Option<SignatureCheck>, String> {
+    let Some(secret) = &spec.hmac_secret else {
+        return Ok(None);
+    };
+    Ok(Some(SignatureCheck {
+        scheme: spec.hmac_scheme,
+        key: spec
+            .hmac_scheme
+            .key(secret.expose())
+            .map_err(|message| format!("key `hmac_secret`: {message}"))?,
+        header: spec.hmac_header.clone(),
+        prefix: spec.hmac_prefix.clone(),
+        tolerance: spec.timestamp_tolerance,
+    }))
+}
+
+/// Logs refused requests, at most one line a second per bridge: a scanner must not
+/// flood the log. The lines in between are counted in the next one.
+#[derive(Default)]
+struct RefusalLog {
+    last_second: std::sync::atomic::AtomicI64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalLog {
+    fn log(&self, bridge: &str, refusal: Refusal) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = chrono::Utc::now().timestamp();
+        if self.last_second.swap(now, Relaxed) == now {
+            self.suppressed.fetch_add(1, Relaxed);
+            return;
+        }
+        let suppressed = self.suppressed.swap(0, Relaxed);
+        tracing::info!(
+            bridge,
+            reason = refusal.label(),
+            suppressed,
+            "webhook request refused"
+        );
     }
 }
 
@@ -628,31 +774,18 @@ pub(super) async fn connect(
     let queue = (context.max_in_flight_bytes / context.max_message_bytes.max(1))
         .clamp(1, context.max_in_flight.max(1));
     let (sender, requests) = mpsc::channel(queue);
-    let methods = spec
-        .methods
-        .iter()
-        .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-        .collect();
-    let route = Route {
-        methods,
-        path_token: spec.path_token.as_ref().map(|t| t.as_bytes().to_vec()),
-        bearer_token: spec.bearer_token.as_ref().map(|t| t.as_bytes().to_vec()),
-        hmac: spec.hmac_secret.as_ref().map(|secret| {
-            (
-                secret.as_bytes().to_vec(),
-                spec.hmac_header.clone(),
-                spec.hmac_prefix.clone(),
-            )
-        }),
-        id_header: spec.id_header.clone(),
-        raw_bodies: spec.raw_bodies,
-        max_body: context.max_message_bytes,
-        response_timeout: spec.response_timeout,
-        source_uri: format!("{}{path}", base_url(&hub.config)),
-        requests: sender,
-        exchange: context.exchange.clone(),
-        metrics: context.metrics.clone(),
-    };
+    let route = Route::new(
+        spec,
+        RouteWiring {
+            bridge: context.bridge.clone(),
+            source_uri: format!("{}{path}", base_url(&hub.config)),
+            max_body: context.max_message_bytes,
+            requests: sender,
+            exchange: context.exchange.clone(),
+            metrics: context.metrics.clone(),
+        },
+    )
+    .map_err(SourceError::Connect)?;
     hub.register(path, route);
     Ok(Box::new(WebhookSource { requests }))
 }
@@ -701,6 +834,8 @@ impl Acker for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
 
     fn parse(text: &str) -> Result<WebhookSpec, String> {
         let table: toml::Table = toml::from_str(text).unwrap();
@@ -710,26 +845,18 @@ mod tests {
 
     fn route(spec: &WebhookSpec) -> Route {
         let (requests, _) = mpsc::channel(1);
-        Route {
-            methods: vec![Method::POST],
-            path_token: spec.path_token.as_ref().map(|t| t.as_bytes().to_vec()),
-            bearer_token: spec.bearer_token.as_ref().map(|t| t.as_bytes().to_vec()),
-            hmac: spec.hmac_secret.as_ref().map(|s| {
-                (
-                    s.as_bytes().to_vec(),
-                    spec.hmac_header.clone(),
-                    spec.hmac_prefix.clone(),
-                )
-            }),
-            id_header: spec.id_header.clone(),
-            raw_bodies: spec.raw_bodies,
-            max_body: 1024,
-            response_timeout: spec.response_timeout,
-            source_uri: "http://hooks.example/hooks/x".into(),
-            requests,
-            exchange: ExchangeProbe::default(),
-            metrics: SourceMetrics::default(),
-        }
+        Route::new(
+            spec,
+            RouteWiring {
+                bridge: "x".into(),
+                source_uri: "http://hooks.example/hooks/x".into(),
+                max_body: 1024,
+                requests,
+                exchange: ExchangeProbe::default(),
+                metrics: SourceMetrics::default(),
+            },
+        )
+        .unwrap()
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -771,6 +898,18 @@ mod tests {
                 "response_timeout",
             ),
             ("bearer_token = \"t\"\nsecret = \"x\"", "secret"),
+            (
+                "hmac_secret = \"s\"\ntimestamp_tolerance = \"0s\"",
+                "timestamp_tolerance",
+            ),
+            (
+                "bearer_token = \"t\"\nhmac_scheme = \"slack\"",
+                "hmac_scheme",
+            ),
+            (
+                "hmac_secret = \"whsec_!!\"\nhmac_scheme = \"standard-webhooks\"",
+                "hmac_secret",
+            ),
         ] {
             let error = parse(text).unwrap_err();
             assert!(error.contains(&format!("`{key}`")), "{text}: {error}");
@@ -788,10 +927,10 @@ mod tests {
         let spec = parse("path_token = \"s3cr3t\"").unwrap();
         let route = route(&spec);
         let none = HeaderMap::new();
-        assert_eq!(route.authorize_path(None), Some(Refusal::Unauthorized));
+        assert_eq!(route.authorize_path(None), Some(Refusal::MissingCredential));
         assert_eq!(
             route.authorize_path(Some("s3cr3")),
-            Some(Refusal::Forbidden)
+            Some(Refusal::WrongToken)
         );
         assert_eq!(route.authorize_path(Some("s3cr3t")), None);
         assert_eq!(
@@ -807,15 +946,15 @@ mod tests {
         let route = route(&spec);
         assert_eq!(
             route.authorize_bearer(&HeaderMap::new()),
-            Some(Refusal::Unauthorized)
+            Some(Refusal::MissingCredential)
         );
         assert_eq!(
             route.authorize_bearer(&headers(&[("authorization", "Basic abc")])),
-            Some(Refusal::Unauthorized)
+            Some(Refusal::MissingCredential)
         );
         assert_eq!(
             route.authorize_bearer(&headers(&[("authorization", "Bearer abd")])),
-            Some(Refusal::Forbidden)
+            Some(Refusal::WrongToken)
         );
         assert_eq!(
             route.authorize_bearer(&headers(&[("authorization", "bearer abc")])),
@@ -840,15 +979,15 @@ mod tests {
                 &headers(&[("x-hub-signature-256", github)]),
                 b"Hello, World?"
             ),
-            Some(Refusal::Forbidden)
+            Some(Refusal::BadSignature)
         );
         assert_eq!(
             route.authorize_body(&headers(&[("x-hub-signature-256", "sha1=00")]), body),
-            Some(Refusal::Forbidden)
+            Some(Refusal::MalformedSignature)
         );
         assert_eq!(
             route.authorize_body(&HeaderMap::new(), body),
-            Some(Refusal::Unauthorized)
+            Some(Refusal::MissingCredential)
         );
     }
 
@@ -928,6 +1067,7 @@ mod tests {
         let config = WebhookConfig {
             listen: "127.0.0.1:8080".parse().unwrap(),
             public_url: Some("https://hooks.example.com/".into()),
+            ..WebhookConfig::default()
         };
         assert_eq!(
             hook_url(&config, "gh", &spec),
@@ -936,6 +1076,7 @@ mod tests {
         let local = WebhookConfig {
             listen: "[::1]:9000".parse().unwrap(),
             public_url: None,
+            ..WebhookConfig::default()
         };
         let spec = parse("bearer_token = \"t\"").unwrap();
         assert_eq!(hook_url(&local, "gh", &spec), "http://[::1]:9000/hooks/gh");

@@ -83,15 +83,7 @@ pub fn bridge_table<S: SourceUnderTest>(source: &S, name: &str, extra: &str) -> 
 }
 
 fn routing_word(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    super::type_word(text)
 }
 
 /// Checks one delivered event against the payload it was made from.

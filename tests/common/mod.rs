@@ -36,6 +36,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }
 
+/// The `<type>` word of a routing key, written again independently of
+/// `routing::type_word`: `A-Z a-z 0-9 -` stay, `.` is `_`, every other byte is `~XX`.
+pub fn type_word(event_type: &str) -> String {
+    event_type
+        .bytes()
+        .map(|byte| match byte {
+            b'.' => "_".to_owned(),
+            b'-' | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' => char::from(byte).to_string(),
+            other => format!("~{other:02X}"),
+        })
+        .collect()
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

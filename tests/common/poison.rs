@@ -321,7 +321,7 @@ fn corpus(carries: &Carries, refuses_oversized: bool) -> (Vec<Item>, Vec<(&'stat
         published(),
     );
 
-    // Types: routing words are sanitised; a type that makes the key too long is refused.
+    // Types: type words are escaped; a type that makes the key too long is refused.
     add(
         "a type with #, *, . and spaces (from a header)",
         headers(),
@@ -525,20 +525,9 @@ fn corpus(carries: &Carries, refuses_oversized: bool) -> (Vec<Item>, Vec<(&'stat
     (items, skipped)
 }
 
-/// The routing word of a type (`routing::word`, written again independently).
+/// The routing word of a type.
 fn word(text: &str) -> String {
-    if text.is_empty() {
-        return "_".into();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    super::type_word(text)
 }
 
 /// The end of the daemon's log, for failure messages.
@@ -1017,6 +1006,7 @@ pub async fn poison_corpus<S: SourceUnderTest>(source: &S) -> PoisonRun {
                     "too_long",
                     "invalid_json",
                     "unresolved_template",
+                    "invalid_tenant",
                     "invalid_cloudevent",
                     "invalid_notification",
                     "rejected_by_exchange",
@@ -1093,6 +1083,7 @@ pub async fn poison_corpus<S: SourceUnderTest>(source: &S) -> PoisonRun {
         "too_long",
         "invalid_json",
         "unresolved_template",
+        "invalid_tenant",
         "invalid_cloudevent",
         "invalid_notification",
         "internal_error",
