@@ -1,12 +1,32 @@
 #!/usr/bin/env bash
-# The test command: ensure the local test brokers (scripts/brokers.sh), then
-# run the whole test suite. Extra arguments go to `cargo test`, e.g.
+# The test command: ensure the local test brokers (scripts/brokers.sh), then, without
+# arguments, the hygiene checks (formatting, clippy on every target and on each kind's
+# feature alone, the benches compile), then the whole test suite. Arguments go to
+# `cargo test` and skip the hygiene checks, e.g.
 #   scripts/test.sh kafka -- --nocapture
+# Everything shares one target directory, so the checks reuse the test build's work.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 scripts/deps.sh
 scripts/brokers.sh
+
+if (($# == 0)); then
+    step() { printf 'test.sh: %s\n' "$*" >&2; }
+    step "cargo fmt --check"
+    cargo fmt --all --check
+    step "clippy, all targets and features"
+    cargo clippy --locked --all-targets --all-features -- -D warnings
+    # Each kind's feature alone, so a kind never depends on another by accident.
+    for kind in nats mqtt amqp kafka s3 webhook calendar; do
+        step "clippy, --no-default-features --features $kind"
+        cargo clippy --locked --no-default-features --features "$kind" -- -D warnings
+    done
+    # The benches built as tests (dev profile, the same artifacts), not run.
+    step "the benches compile"
+    cargo test --locked --benches --no-run
+fi
+
 # Unit and integration tests. No doc tests: there are none, and their empty summary
 # would be the run's last line.
 exec cargo test --locked --lib --bins --tests "$@"

@@ -557,6 +557,8 @@ fn probe(url: &str, timeout: Duration) -> anyhow::Result<String> {
 }
 
 #[cfg(feature = "webhook")]
+// The `let ... else` is irrefutable in a build with only the webhook kind.
+#[allow(irrefutable_let_patterns)]
 fn webhook_url(path: PathBuf, name: &str) -> anyhow::Result<()> {
     use broker_bridge::sources::SourceSpec;
     let config = config::load(&path)?.config;
