@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -115,7 +115,10 @@ pub fn router(shared: Arc<Shared>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route(
+            "/readyz",
+            get(readyz).route_layer(from_fn_with_state(access.clone(), note_token)),
+        )
         .route(
             "/bridges",
             get(bridges).route_layer(from_fn_with_state(access.clone(), require_token)),
@@ -142,6 +145,26 @@ async fn check_host(State(access): State<Arc<Access>>, request: Request, next: N
         )
             .into_response()
     }
+}
+
+/// Whether the request showed the `[admin] token` (or none is configured).
+#[derive(Clone, Copy)]
+struct Authorized(bool);
+
+/// `/readyz` stays open for load balancers, but says why only to who shows the token:
+/// its errors name hosts and users.
+async fn note_token(
+    State(access): State<Arc<Access>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let authorized = Authorized(access.token_valid(authorization));
+    request.extensions_mut().insert(authorized);
+    next.run(request).await
 }
 
 async fn require_token(
@@ -199,7 +222,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn readyz(
+    State(shared): State<Arc<Shared>>,
+    Extension(Authorized(authorized)): Extension<Authorized>,
+) -> impl IntoResponse {
     let publisher = current_publisher(&shared.publisher);
     let mut not_ready = serde_json::Map::new();
     if !publisher.is_connected() {
@@ -237,7 +263,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "not_ready": not_ready})),
+            Json(if authorized {
+                json!({"ready": false, "not_ready": not_ready})
+            } else {
+                json!({"ready": false})
+            }),
         )
     }
 }

@@ -51,6 +51,8 @@ use crate::metrics::{self, Cut, Listener, ListenerMetrics};
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// At most one "listener full" and one "cannot accept" warning per this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers) a connection may send.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The certificate files are looked at no more often than this (on a handshake).
 const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -217,6 +219,10 @@ where
     });
     let connection = http1::Builder::new()
         .header_read_timeout(None)
+        // A request head is at most this (hyper's default is about 400 KiB): with
+        // `max_connections` it bounds what clients that never authenticate can make
+        // the listener hold before any check ran.
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(connection);
     loop {

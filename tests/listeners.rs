@@ -606,8 +606,11 @@ async fn the_admin_token_guards_bridges_and_the_host_check_refuses_other_names()
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), format!("{admin_token}\n")).unwrap();
     let exchange = common::unique("listeners-admin");
+    // A bridge that never connects (nothing listens on port 1), so /readyz has a reason
+    // to give.
+    let unready = "[[bridge]]\nname = \"unready\"\nkind = \"nats\"\nurl = \"nats://127.0.0.1:1\"\nsubject = \"x\"\n";
     let daemon = Daemon::start_with_text(dir, AMQP_URL, &exchange, |admin| {
-        common::config_text(AMQP_URL, &exchange, admin, "").replace(
+        common::config_text(AMQP_URL, &exchange, admin, unready).replace(
             "[admin]\n",
             "[admin]\ntoken_file = \"admin.token\"\nallowed_hosts = [\"status.example.com\"]\n",
         )
@@ -633,8 +636,16 @@ async fn the_admin_token_guards_bridges_and_the_host_check_refuses_other_names()
     for path in ["/metrics", "/healthz"] {
         assert_eq!(get(port, path, Some(&own), None).await.0, 200, "{path}");
     }
-    let readyz = get(port, "/readyz", Some(&own), None).await.0;
-    assert!(readyz == 200 || readyz == 503, "/readyz: {readyz}");
+    // /readyz answers anyone, but says why only to who shows the token.
+    let (status, text) = get(port, "/readyz", Some(&own), None).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        !text.contains("unready") && !text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+    let (status, text) = get(port, "/readyz", Some(&own), Some(&bearer)).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("unready"), "{text}");
 
     // Host: the listen address, localhost (on loopback) and allowed_hosts; nothing else.
     for host in [

@@ -111,7 +111,11 @@ fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
 pub fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
     !last.ends_with("_file")
-        && (SECRET_KEYS.contains(&last) || last.contains("password") || last.contains("secret"))
+        && (SECRET_KEYS.contains(&last)
+            || last.contains("password")
+            || last.contains("secret")
+            // An inline private key (Kafka's `ssl.key.pem`).
+            || last == "pem")
 }
 
 /// The numbers (from 1) of the lines of a TOML text that assign a secret key, and of
@@ -149,12 +153,14 @@ fn secret_lines(text: &str) -> Vec<usize> {
 /// `"bearer_token" =`, `exchange.url =`).
 fn assigns_secret(line: &str) -> bool {
     line.match_indices('=').any(|(at, _)| {
+        // The last part of a dotted, quoted or spaced key: `a."token"`, `a . token`.
         let key = line[..at]
-            .rsplit(['{', ',', '['])
+            .rsplit(['{', ',', '[', '.'])
             .next()
             .unwrap_or("")
             .trim()
-            .trim_matches(['"', '\'']);
+            .trim_matches(['"', '\''])
+            .trim();
         !key.is_empty() && is_secret_key(key)
     })
 }
@@ -353,6 +359,8 @@ fn note_secret_files(value: &Value, base: &Path, secret_files: &mut Vec<PathBuf>
                     Value::String(file)
                         if key == "key_file"
                             || key == "creds_file"
+                            // `[webhook] tls.key`, the only other `key` holding a path.
+                            || key == "key"
                             || key
                                 .strip_suffix("_file")
                                 .is_some_and(|secret| SECRET_KEYS.contains(&secret)) =>
@@ -1273,6 +1281,13 @@ mod tests {
             "  tls = { ca_file = \"x\", password = \"p\" }"
         ));
         assert!(!assigns_secret("user = \"password\""));
+        for spelled in [
+            "admin.\"token\" = \"abc",
+            "admin . token = \"abc",
+            "properties = { \"ssl.key.pem\" = \"-----BEGIN",
+        ] {
+            assert!(assigns_secret(spelled), "{spelled}");
+        }
     }
 
     #[test]

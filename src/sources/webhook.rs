@@ -44,7 +44,9 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use super::webhook_auth::{REPLAY_CAPACITY, ReplayGuard, SignatureCheck, SignatureScheme};
+use super::webhook_auth::{
+    Claim, ClaimTicket, REPLAY_CAPACITY, ReplayGuard, SignatureCheck, SignatureScheme,
+};
 use super::{Acker, ConnectContext, ExchangeProbe, Incoming, Source, SourceError, SourceMetrics};
 use crate::cloudevent::{is_batch_content_type, is_json_content_type};
 use crate::config::{BridgeSpec, WebhookConfig, duration, fields};
@@ -426,7 +428,7 @@ struct Route {
     signature: Option<SignatureCheck>,
     /// `id_header`, else the header of the scheme's signed delivery id.
     id_header: Option<String>,
-    replay: ReplayGuard,
+    replay: Arc<ReplayGuard>,
     bridge: String,
     refusals_logged: RefusalLog,
     raw_bodies: bool,
@@ -465,7 +467,9 @@ impl Route {
             bearer_token: secret_bytes(&spec.bearer_token),
             signature: signature_check(spec)?,
             id_header: spec.delivery_id_header(),
-            replay: ReplayGuard::new(spec.timestamp_tolerance, REPLAY_CAPACITY),
+            // A timestamp up to the tolerance ahead is accepted, so its replays stay
+            // possible for twice the tolerance after it arrives.
+            replay: ReplayGuard::new(2 * spec.timestamp_tolerance, REPLAY_CAPACITY),
             bridge: wiring.bridge,
             refusals_logged: RefusalLog::default(),
             raw_bodies: spec.raw_bodies,
@@ -541,21 +545,28 @@ impl Route {
         None
     }
 
-    /// Checks the body's signature (and its timestamp, where the scheme signs one).
-    fn authorize_body(&self, headers: &HeaderMap, body: &[u8]) -> Option<Refusal> {
-        let check = self.signature.as_ref()?;
+    /// Checks the body's signature (and its timestamp, where the scheme signs one);
+    /// the replay key the scheme signs, if any.
+    fn authorize_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, Refusal> {
+        let Some(check) = &self.signature else {
+            return Ok(None);
+        };
         check
             .verify(headers, body, chrono::Utc::now().timestamp())
-            .err()
+            .map(|verified| verified.replay_key)
     }
 
-    /// The delivery id a repeat would carry: `id_header` or the scheme's signed id.
-    fn delivery_id<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        let name = self.id_header.as_deref()?;
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| !id.is_empty())
+    /// What a repeat of this request would carry: the signed key, else the
+    /// `id_header` value.
+    fn replay_key(&self, signed: Option<String>, headers: &HeaderMap) -> Option<String> {
+        signed.or_else(|| {
+            let name = self.id_header.as_deref()?;
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+        })
     }
 
     /// JSON bodies, CloudEvents in binary mode, and anything when `raw_bodies` is set.
@@ -622,6 +633,8 @@ struct Pending {
     payload: Bytes,
     meta: Metadata,
     reply: oneshot::Sender<Outcome>,
+    /// Its replay key's claim, settled when it is published.
+    claim: Option<ClaimTicket>,
 }
 
 /// How the bridge settled a request.
@@ -654,9 +667,6 @@ async fn answer(
     if let Some(refusal) = route.authorize_bearer(&headers) {
         return route.refuse(refusal);
     }
-    if route.requests.is_closed() || !route.exchange.is_up() {
-        return route.refuse(Refusal::Unavailable);
-    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -667,19 +677,30 @@ async fn answer(
     let Ok(payload) = axum::body::to_bytes(body, route.max_body).await else {
         return route.refuse(Refusal::TooLarge);
     };
-    if let Some(refusal) = route.authorize_body(&headers, &payload) {
-        return route.refuse(refusal);
-    }
+    // Every check before the availability one: a forged request gets its 403 whether
+    // or not the exchange is up.
+    let signed = match route.authorize_body(&headers, &payload) {
+        Ok(signed) => signed,
+        Err(refusal) => return route.refuse(refusal),
+    };
     if !route.accepts(&headers) {
         return route.refuse(Refusal::UnsupportedMediaType);
     }
-    let delivery_id = route.delivery_id(&headers).map(str::to_owned);
-    if let Some(id) = &delivery_id
-        && route.replay.seen(id, std::time::Instant::now())
-    {
-        route.metrics.count_duplicate();
-        return plain(StatusCode::OK);
+    if route.requests.is_closed() || !route.exchange.is_up() {
+        return route.refuse(Refusal::Unavailable);
     }
+    let claim = match route.replay_key(signed, &headers) {
+        None => None,
+        Some(key) => match route.replay.claim(&key, std::time::Instant::now()) {
+            Claim::New(ticket) => Some(ticket),
+            Claim::Duplicate => {
+                route.metrics.count_duplicate();
+                return plain(StatusCode::OK);
+            }
+            // The first copy may yet fail: this one is answered only once it is known.
+            Claim::InFlight => return route.refuse(Refusal::Unavailable),
+        },
+    };
     let deadline = tokio::time::Instant::now() + route.response_timeout;
     let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, route.requests.reserve()).await else {
         return route.refuse(Refusal::Unavailable);
@@ -689,14 +710,10 @@ async fn answer(
         payload,
         meta: route.metadata(&headers),
         reply,
+        claim,
     });
     match tokio::time::timeout_at(deadline, outcome).await {
-        Ok(Ok(Outcome::Published)) => {
-            if let Some(id) = &delivery_id {
-                route.replay.remember(id, std::time::Instant::now());
-            }
-            plain(StatusCode::OK)
-        }
+        Ok(Ok(Outcome::Published)) => plain(StatusCode::OK),
         Ok(Ok(Outcome::DeadLettered(reason))) => (
             StatusCode::BAD_REQUEST,
             format!(
@@ -811,25 +828,39 @@ impl Source for WebhookSource {
             return Ok(Incoming {
                 payload: pending.payload,
                 meta: pending.meta,
-                ack: Box::new(Reply(pending.reply)),
+                ack: Box::new(Reply {
+                    sender: pending.reply,
+                    claim: pending.claim,
+                }),
             });
         }
     }
 }
 
 /// Answers the waiting request.
-struct Reply(oneshot::Sender<Outcome>);
+/// Dropped without an ack (the bridge stopped), its claim frees the replay key.
+struct Reply {
+    sender: oneshot::Sender<Outcome>,
+    claim: Option<ClaimTicket>,
+}
 
 #[async_trait]
 impl Acker for Reply {
     async fn ack(self: Box<Self>) -> Result<(), SourceError> {
+        // Settled first, so a repeat sent on the 200 is a duplicate, also when the
+        // confirm came after the sender stopped waiting.
+        if let Some(claim) = self.claim {
+            claim.settle();
+        }
         // A sender that stopped waiting is no error: the event is published.
-        let _ = self.0.send(Outcome::Published);
+        let _ = self.sender.send(Outcome::Published);
         Ok(())
     }
 
+    /// A dead-lettered request frees its key: a repeat is dead-lettered again, not
+    /// answered as if it had been published.
     async fn ack_dead_lettered(self: Box<Self>, reason: RejectReason) -> Result<(), SourceError> {
-        let _ = self.0.send(Outcome::DeadLettered(reason));
+        let _ = self.sender.send(Outcome::DeadLettered(reason));
         Ok(())
     }
 }
@@ -975,22 +1006,22 @@ mod tests {
         assert_eq!(sign("It's a Secret to Everybody", body), github);
         assert_eq!(
             route.authorize_body(&headers(&[("x-hub-signature-256", github)]), body),
-            None
+            Ok(None)
         );
         assert_eq!(
             route.authorize_body(
                 &headers(&[("x-hub-signature-256", github)]),
                 b"Hello, World?"
             ),
-            Some(Refusal::BadSignature)
+            Err(Refusal::BadSignature)
         );
         assert_eq!(
             route.authorize_body(&headers(&[("x-hub-signature-256", "sha1=00")]), body),
-            Some(Refusal::MalformedSignature)
+            Err(Refusal::MalformedSignature)
         );
         assert_eq!(
             route.authorize_body(&HeaderMap::new(), body),
-            Some(Refusal::MissingCredential)
+            Err(Refusal::MissingCredential)
         );
     }
 
@@ -1003,7 +1034,7 @@ mod tests {
         let bare = signature.strip_prefix("sha256=").unwrap();
         assert_eq!(
             route.authorize_body(&headers(&[("x-signature", bare)]), b"{}"),
-            None
+            Ok(None)
         );
     }
 

@@ -16,7 +16,7 @@
 //! a repeated delivery id without publishing it again.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -83,8 +83,10 @@ pub struct SignatureCheck {
 /// A request whose signature checked out.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
-    /// The signed delivery id, when the scheme has one.
-    pub delivery_id: Option<String>,
+    /// What a replay of this request repeats: the signed delivery id where the scheme
+    /// has one, else the signature itself where the scheme signs a timestamp (a
+    /// replay carries the same one); `None` for `plain`.
+    pub replay_key: Option<String>,
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -114,7 +116,7 @@ impl SignatureCheck {
                     .and_then(|text| hex::decode(text).ok())
                     .ok_or(Refusal::MalformedSignature)?;
                 self.check(&[&signature], &[body])?;
-                Ok(Verified { delivery_id: None })
+                Ok(Verified { replay_key: None })
             }
             SignatureScheme::Slack => {
                 let given =
@@ -129,7 +131,9 @@ impl SignatureCheck {
                 self.fresh(timestamp, now)?;
                 let timestamp = timestamp.trim();
                 self.check(&[&signature], &[b"v0:", timestamp.as_bytes(), b":", body])?;
-                Ok(Verified { delivery_id: None })
+                Ok(Verified {
+                    replay_key: Some(format!("slack:{}", given.trim())),
+                })
             }
             SignatureScheme::Stripe => {
                 let given =
@@ -153,7 +157,9 @@ impl SignatureCheck {
                 self.fresh(timestamp, now)?;
                 let signatures: Vec<&[u8]> = signatures.iter().map(Vec::as_slice).collect();
                 self.check(&signatures, &[timestamp.as_bytes(), b".", body])?;
-                Ok(Verified { delivery_id: None })
+                Ok(Verified {
+                    replay_key: Some(format!("stripe:{}", given.trim())),
+                })
             }
             SignatureScheme::StandardWebhooks => {
                 let id = header(headers, "webhook-id").ok_or(Refusal::MissingCredential)?;
@@ -185,7 +191,7 @@ impl SignatureCheck {
                     &[id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body],
                 )?;
                 Ok(Verified {
-                    delivery_id: Some(id.to_owned()),
+                    replay_key: Some(id.to_owned()),
                 })
             }
         }
@@ -222,9 +228,13 @@ impl SignatureCheck {
     }
 }
 
-/// Delivery ids published within the window, so a repeated delivery is answered without
-/// being published again. Bounded: at most `capacity` ids (each kept as a 32-byte
-/// digest); when full, the oldest is forgotten early.
+/// Replay keys (delivery ids, signatures) of requests published within the window, so
+/// a repeat is answered without being published again. A key is claimed when its
+/// request passed its checks and settled when the exchange confirmed it: a repeat of a
+/// settled key is a duplicate; one of a key still in flight is asked to come back (the
+/// first copy may yet fail); a claim dropped unsettled (refused, not taken by the
+/// bridge, dead-lettered) frees the key for the sender's retry. Bounded: at most
+/// `capacity` settled keys (each a 32-byte digest); when full, the oldest goes first.
 pub struct ReplayGuard {
     window: Duration,
     capacity: usize,
@@ -233,46 +243,89 @@ pub struct ReplayGuard {
 
 #[derive(Default)]
 struct Seen {
-    at: HashMap<[u8; 32], Instant>,
+    /// `None` while in flight, else when it was settled.
+    keys: HashMap<[u8; 32], Option<Instant>>,
+    /// Settled keys, oldest first.
     order: VecDeque<([u8; 32], Instant)>,
 }
 
 /// How many delivery ids a webhook bridge remembers at most (about 6 MiB).
 pub const REPLAY_CAPACITY: usize = 65_536;
 
+/// What a request's replay key says.
+pub enum Claim {
+    /// First seen: publish it, and settle the ticket once confirmed.
+    New(ClaimTicket),
+    /// Published within the window: answer it without publishing again.
+    Duplicate,
+    /// Another copy is in flight: ask the sender to try again later.
+    InFlight,
+}
+
+/// A claimed key; dropping it unsettled frees the key.
+pub struct ClaimTicket {
+    guard: Arc<ReplayGuard>,
+    key: [u8; 32],
+    settled: bool,
+}
+
+impl ClaimTicket {
+    /// The request was published: a repeat within the window is a duplicate.
+    pub fn settle(mut self) {
+        self.settled = true;
+        let now = Instant::now();
+        let guard = self.guard.clone();
+        let mut seen = guard.seen.lock().expect("replay guard lock");
+        seen.keys.insert(self.key, Some(now));
+        seen.order.push_back((self.key, now));
+        while seen.order.len() > guard.capacity {
+            let Some((oldest, at)) = seen.order.pop_front() else {
+                break;
+            };
+            if seen.keys.get(&oldest) == Some(&Some(at)) {
+                seen.keys.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl Drop for ClaimTicket {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut seen = self.guard.seen.lock().expect("replay guard lock");
+            if seen.keys.get(&self.key) == Some(&None) {
+                seen.keys.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl ReplayGuard {
-    pub fn new(window: Duration, capacity: usize) -> Self {
-        Self {
+    /// `window`: how long a settled key is remembered.
+    pub fn new(window: Duration, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
             window,
             capacity: capacity.max(1),
             seen: Mutex::default(),
-        }
+        })
     }
 
-    fn digest(id: &str) -> [u8; 32] {
-        Sha256::digest(id.as_bytes()).into()
-    }
-
-    /// Whether `id` was published within the window.
-    pub fn seen(&self, id: &str, now: Instant) -> bool {
+    /// Claims `key` (a delivery id or a signature) at `now`.
+    pub fn claim(self: &Arc<Self>, key: &str, now: Instant) -> Claim {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut seen = self.seen.lock().expect("replay guard lock");
         self.expire(&mut seen, now);
-        seen.at.contains_key(&Self::digest(id))
-    }
-
-    /// Remembers a published `id`.
-    pub fn remember(&self, id: &str, now: Instant) {
-        let mut seen = self.seen.lock().expect("replay guard lock");
-        self.expire(&mut seen, now);
-        let key = Self::digest(id);
-        if seen.at.insert(key, now).is_none() {
-            seen.order.push_back((key, now));
-        }
-        while seen.at.len() > self.capacity {
-            let Some((oldest, _)) = seen.order.pop_front() else {
-                break;
-            };
-            seen.at.remove(&oldest);
+        match seen.keys.get(&digest) {
+            Some(Some(_)) => Claim::Duplicate,
+            Some(None) => Claim::InFlight,
+            None => {
+                seen.keys.insert(digest, None);
+                Claim::New(ClaimTicket {
+                    guard: self.clone(),
+                    key: digest,
+                    settled: false,
+                })
+            }
         }
     }
 
@@ -282,15 +335,17 @@ impl ReplayGuard {
                 break;
             }
             seen.order.pop_front();
-            // A later `remember` of the same id refreshed nothing (first time wins), so
-            // the entry goes with its first sighting.
-            seen.at.remove(&key);
+            // Only the settlement this entry records (the key may be in flight again).
+            if seen.keys.get(&key) == Some(&Some(at)) {
+                seen.keys.remove(&key);
+            }
         }
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.seen.lock().unwrap().at.len()
+    fn settled(&self) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.keys.values().filter(|at| at.is_some()).count()
     }
 }
 
@@ -336,7 +391,10 @@ mod tests {
         ]);
         assert_eq!(
             check.verify(&signed, body, 1531420618 + 299),
-            Ok(Verified { delivery_id: None })
+            Ok(Verified {
+                replay_key: Some(format!("slack:{signature}"))
+            }),
+            "a replay repeats the signature"
         );
         assert_eq!(
             check.verify(&signed, body, 1531420618 + 301),
@@ -429,7 +487,7 @@ mod tests {
         assert_eq!(
             check.verify(&signed, body, 1614265330),
             Ok(Verified {
-                delivery_id: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into())
+                replay_key: Some("msg_p5jXN8AQM9LWM0D4loKWxJek".into())
             })
         );
         assert_eq!(
@@ -477,17 +535,53 @@ mod tests {
     #[test]
     fn the_replay_guard_forgets_after_the_window_and_stays_bounded() {
         let guard = ReplayGuard::new(Duration::from_secs(300), 3);
-        let start = Instant::now();
-        assert!(!guard.seen("a", start));
-        guard.remember("a", start);
-        assert!(guard.seen("a", start + Duration::from_secs(299)));
-        assert!(!guard.seen("a", start + Duration::from_secs(301)));
-        for (i, id) in ["b", "c", "d", "e"].into_iter().enumerate() {
-            guard.remember(id, start + Duration::from_secs(400 + i as u64));
+        let Claim::New(ticket) = guard.claim("a", Instant::now()) else {
+            panic!("first sight")
+        };
+        ticket.settle();
+        // `settle` stamps the real clock; look from there.
+        let settled = Instant::now();
+        assert!(matches!(
+            guard.claim("a", settled + Duration::from_secs(299)),
+            Claim::Duplicate
+        ));
+        let Claim::New(again) = guard.claim("a", settled + Duration::from_secs(301)) else {
+            panic!("forgotten after the window")
+        };
+        drop(again);
+        for id in ["b", "c", "d", "e"] {
+            let Claim::New(ticket) = guard.claim(id, Instant::now()) else {
+                panic!("{id}")
+            };
+            ticket.settle();
         }
-        assert_eq!(guard.len(), 3, "bounded");
-        let later = start + Duration::from_secs(404);
-        assert!(!guard.seen("b", later), "the oldest went first");
-        assert!(guard.seen("e", later));
+        assert_eq!(guard.settled(), 3, "bounded");
+        assert!(
+            matches!(guard.claim("e", Instant::now()), Claim::Duplicate),
+            "the newest stays"
+        );
+        assert!(
+            matches!(guard.claim("b", Instant::now()), Claim::New(_)),
+            "the oldest went first"
+        );
+    }
+
+    #[test]
+    fn a_copy_in_flight_waits_and_an_unsettled_claim_frees_its_key() {
+        let guard = ReplayGuard::new(Duration::from_secs(300), 10);
+        let now = Instant::now();
+        let Claim::New(first) = guard.claim("k", now) else {
+            panic!("first")
+        };
+        assert!(
+            matches!(guard.claim("k", now), Claim::InFlight),
+            "a concurrent copy is not answered 200 before the first is published"
+        );
+        drop(first);
+        let Claim::New(retry) = guard.claim("k", now) else {
+            panic!("a refused or failed first copy frees the key for the retry")
+        };
+        retry.settle();
+        assert!(matches!(guard.claim("k", Instant::now()), Claim::Duplicate));
     }
 }
