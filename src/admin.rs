@@ -81,6 +81,16 @@ impl Access {
         }
     }
 
+    /// Whether `request` carries the token (or none is configured).
+    fn shows_token(&self, request: &Request) -> bool {
+        self.token_valid(
+            request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok()),
+        )
+    }
+
     fn token_valid(&self, authorization: Option<&str>) -> bool {
         let Some(expected) = &self.token_digest else {
             return true;
@@ -158,11 +168,7 @@ async fn note_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    let authorized = Authorized(access.token_valid(authorization));
+    let authorized = Authorized(access.shows_token(&request));
     request.extensions_mut().insert(authorized);
     next.run(request).await
 }
@@ -172,11 +178,7 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    if access.token_valid(authorization) {
+    if access.shows_token(&request) {
         next.run(request).await
     } else {
         (
