@@ -12,3 +12,11 @@ pub fn install_default_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
+
+/// The process's provider, for TLS built here (the webhook listener's server side).
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    install_default_provider();
+    rustls::crypto::CryptoProvider::get_default()
+        .expect("installed just above")
+        .clone()
+}

@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -34,7 +34,6 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -466,20 +465,13 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
     let resolver = ReloadingCert::new(cert, key).map_err(|(name, message)| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {message}"))
     })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto::provider())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
 }
 
 /// Reads a PEM certificate chain and its private key, checking that they belong
@@ -505,7 +497,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'st
         .map_err(|e| key_error(format!("cannot read `{}`: {e}", key.display())))?;
     let private = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| key_error(format!("`{}` holds no private key: {e}", key.display())))?;
-    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+    CertifiedKey::from_der(chain, private, &crate::crypto::provider()).map_err(|e| {
         key_error(format!(
             "`{}` is not the key of the certificate in `{}`: {e}",
             key.display(),

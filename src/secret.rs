@@ -254,7 +254,11 @@ pub fn remember(value: &str, is_url: bool) {
     if is_url && value.contains("://") {
         for password in url_passwords(value) {
             values.push(password.to_owned());
-            if let Some(decoded) = percent_decode(password) {
+            if let Some(decoded) = password
+                .contains('%')
+                .then(|| crate::short_string::percent_decode(password))
+                .flatten()
+            {
                 values.push(decoded);
             }
         }
@@ -297,33 +301,6 @@ pub fn scrub(text: &str) -> String {
         }
     }
     text
-}
-
-/// `%XX` decoded, when there is any and the result is UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    if !text.contains('%') {
-        return None;
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -51,6 +51,24 @@ pub fn preview(text: &str) -> String {
     format!("{}… ({} bytes)", cut(text, SHOWN), text.len())
 }
 
+/// `%XX` sequences decoded (a URL's user info or path); `None` when a `%` is not
+/// followed by two hex digits or the result is not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(text.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether `value` fits a short string.
 pub fn fits(value: &str) -> bool {
     value.len() <= MAX_SHORT_STRING
@@ -95,6 +113,16 @@ pub const BINARY_HEADER_PREFIX: &str = "ce-";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("%2f").as_deref(), Some("/"));
+        assert_eq!(percent_decode("p%40ss%C3%A9").as_deref(), Some("p@ssé"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("50%"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+    }
 
     #[test]
     fn too_long_values_are_errors_not_panics() {

@@ -449,7 +449,9 @@ impl Endpoint {
         let path = rest.split(['?', '#']).next().unwrap_or("");
         let vhost = match path.strip_prefix('/') {
             None => "/".to_owned(),
-            Some(encoded) => percent_decode(encoded)?,
+            Some(encoded) => crate::short_string::percent_decode(encoded).ok_or(
+                "the vhost is not percent-encoded UTF-8 (a `%` must be followed by two hex digits)",
+            )?,
         };
         Ok(Endpoint {
             tls,
@@ -498,26 +500,6 @@ impl Endpoint {
             && self.port == other.port
             && self.vhost == other.vhost
     }
-}
-
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a `%` in the vhost is not followed by two hex digits")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the vhost is not UTF-8".into())
 }
 
 /// Percent-encodes everything but the RFC 3986 unreserved characters.
