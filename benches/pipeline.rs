@@ -43,8 +43,9 @@ use tokio::sync::Mutex;
 
 use broker_bridge::config;
 use broker_bridge::exchange::Publisher;
+use broker_bridge::message::Metadata;
 use broker_bridge::metrics::Registry;
-use broker_bridge::normalize::{Mapping, Metadata, normalize};
+use broker_bridge::normalize::{Mapping, normalize};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -730,7 +731,7 @@ async fn ceiling(events: usize) -> Figures {
         "[[bridge]]\nname = \"ceiling\"\nkind = \"nats\"\nurl = \"{NATS_URL}\"\nsubject = \"bench.ceiling\"\n"
     );
     std::fs::write(&config_path, config_text(&exchange, 0, &table)).unwrap();
-    let loaded = config::load(&config_path).expect("bench config");
+    let loaded = config::load(&config_path, &broker_bridge::sources::KINDS).expect("bench config");
     let mapping = Mapping::new(&loaded.config.bridges[0]);
     let publisher = Publisher::start(
         loaded.config.exchange.clone(),

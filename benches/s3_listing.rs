@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use broker_bridge::sources::{ConnectContext, parse_spec};
+use broker_bridge::config::KindCatalog;
+use broker_bridge::sources::{ConnectContext, KINDS};
 use futures::StreamExt;
 
 struct Counting;
@@ -112,14 +113,16 @@ async fn run(objects: usize) {
         "secret_access_key": "test",
         "poll_interval": "1s",
     });
-    let spec = parse_spec("s3", table.as_object().unwrap().clone()).unwrap();
+    let spec = KINDS
+        .parse("s3", table.as_object().unwrap().clone())
+        .unwrap();
     let context = ConnectContext {
         bridge: "bench".into(),
         max_in_flight: MAX_IN_FLIGHT,
         state_dir: state.path().to_owned(),
         ..Default::default()
     };
-    let mut source = spec.connect(&context).await.unwrap();
+    let mut source = KINDS.connect(&spec, &context).await.unwrap();
 
     // Poll 1: every object is new.
     let baseline = CURRENT.load(Relaxed);

@@ -25,8 +25,8 @@ use subtle::ConstantTimeEq;
 
 use crate::bridge::{State as BridgeState, current_publisher};
 use crate::config::AdminConfig;
+use crate::message::RejectReason;
 use crate::metrics::Listener;
-use crate::normalize::RejectReason;
 use crate::supervisor::Shared;
 
 /// Who may ask what: the `Host` names served and the token `/bridges` wants.

@@ -2,39 +2,8 @@
 
 use std::time::Duration;
 
+use crate::config::BackoffConfig;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
-
-use crate::config::duration;
-
-/// Backoff settings, `[defaults.backoff]` and `[exchange.backoff]` in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// First delay after a failure.
-    #[serde(with = "duration", default = "default_initial")]
-    pub initial: Duration,
-    /// Upper bound for any delay.
-    #[serde(with = "duration", default = "default_max")]
-    pub max: Duration,
-}
-
-fn default_initial() -> Duration {
-    Duration::from_millis(200)
-}
-
-fn default_max() -> Duration {
-    Duration::from_secs(30)
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self {
-            initial: default_initial(),
-            max: default_max(),
-        }
-    }
-}
 
 /// Delay generator. Never gives up: `next_delay` always returns a delay.
 #[derive(Debug, Clone)]

@@ -16,9 +16,11 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::config::BridgeSpec;
 use crate::exchange::{DeadLetter, Delivered, Outbound, PendingConfirm, PublishError, Publisher};
+use crate::message::Incoming;
+use crate::message::{Reject, RejectReason};
 use crate::metrics::BridgeMetrics;
-use crate::normalize::{Mapping, Reject, RejectReason, normalize_message};
-use crate::sources::{ConnectContext, ExchangeProbe, Incoming, Listeners, Source, SourceMetrics};
+use crate::normalize::{Mapping, normalize_message};
+use crate::sources::{ConnectContext, ExchangeProbe, KINDS, Listeners, Source, SourceMetrics};
 
 /// How long a source connection must hold before its failure starts the backoff over.
 const STABLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(10);
@@ -107,7 +109,7 @@ struct Shared {
     mapping: Mapping,
     publisher: PublisherSlot,
     metrics: Arc<BridgeMetrics>,
-    retry: crate::backoff::BackoffConfig,
+    retry: crate::config::BackoffConfig,
     deadletter_sample_bytes: usize,
     faults: Faults,
     /// Fires when the bridge must stop for good (the exchange refused a dead letter).
@@ -259,7 +261,7 @@ async fn run(bridge: Bridge) {
         };
         loop {
             let connected = tokio::select! {
-                result = spec.source.connect(&context) => result,
+                result = KINDS.connect(&spec.source, &context) => result,
                 _ = stop.cancelled() => break,
             };
             let error = match connected {
@@ -358,7 +360,7 @@ async fn pump(
     permits: &Bounds,
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
-) -> Result<(), crate::sources::SourceError> {
+) -> Result<(), crate::message::SourceError> {
     loop {
         // Backpressure: no permit, no pull. Permits come back only after the ack.
         let permit = tokio::select! {
@@ -423,8 +425,8 @@ async fn pump(
 /// A received message and what it becomes.
 struct Message {
     payload: bytes::Bytes,
-    meta: crate::normalize::Metadata,
-    ack: Box<dyn crate::sources::Acker>,
+    meta: crate::message::Metadata,
+    ack: Box<dyn crate::message::Acker>,
     /// Usually one event; a notification document may hold several, or none.
     normalized: Result<Vec<crate::normalize::Normalized>, Reject>,
     received: Instant,

@@ -20,3 +20,38 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
         .expect("installed just above")
         .clone()
 }
+
+/// Reads a PEM certificate chain and its private key, checking that they belong
+/// together. An error names the key at fault (`tls.cert` or `tls.key`) and never holds
+/// the files' contents.
+pub fn load_certified_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::sign::CertifiedKey, (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_error = |message: String| ("tls.cert", message);
+    let key_error = |message: String| ("tls.key", message);
+    let pem = std::fs::read(cert)
+        .map_err(|e| cert_error(format!("cannot read `{}`: {e}", cert.display())))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_error(format!("`{}` is not PEM: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(cert_error(format!(
+            "`{}` holds no CERTIFICATE block",
+            cert.display()
+        )));
+    }
+    let pem = std::fs::read(key)
+        .map_err(|e| key_error(format!("cannot read `{}`: {e}", key.display())))?;
+    let private = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| key_error(format!("`{}` holds no private key: {e}", key.display())))?;
+    rustls::sign::CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        key_error(format!(
+            "`{}` is not the key of the certificate in `{}`: {e}",
+            key.display(),
+            cert.display()
+        ))
+    })
+}

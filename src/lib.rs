@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod exchange;
 pub mod listener;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod normalize;
 pub mod notify;

@@ -43,6 +43,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::config::ListenerLimits;
+use crate::crypto::load_certified_key;
 use crate::metrics::{self, Cut, Listener, ListenerMetrics};
 
 /// How long a listener waits after an accept error that is not about one connection
@@ -55,21 +57,12 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The certificate files are looked at no more often than this (on a handshake).
 const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// `header_timeout`, `body_timeout`, `idle_timeout` and `max_connections` of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
 /// Serves `router` on `listener` in the background, with `limits`, over TLS when
 /// `tls` is given.
 pub fn spawn(
     listener: TcpListener,
     which: Listener,
-    limits: Limits,
+    limits: ListenerLimits,
     tls: Option<TlsAcceptor>,
     router: Router,
 ) {
@@ -79,7 +72,7 @@ pub fn spawn(
 async fn accept_loop(
     listener: TcpListener,
     which: Listener,
-    limits: Limits,
+    limits: ListenerLimits,
     tls: Option<TlsAcceptor>,
     router: Router,
 ) {
@@ -160,7 +153,7 @@ async fn connection(
     stream: TcpStream,
     permit: OwnedSemaphorePermit,
     which: Listener,
-    limits: Limits,
+    limits: ListenerLimits,
     tls: Option<TlsAcceptor>,
     router: Router,
 ) {
@@ -278,13 +271,13 @@ impl Phase {
 /// The phase of one connection and its deadline, moved on by the IO, the service and the
 /// bodies, watched by `drive`.
 struct Clock {
-    limits: Limits,
+    limits: ListenerLimits,
     state: Mutex<(Phase, Option<Instant>)>,
     changed: Notify,
 }
 
 impl Clock {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: ListenerLimits) -> Self {
         Clock {
             limits,
             state: Mutex::new((Phase::Head, Some(Instant::now() + limits.header_timeout))),
@@ -472,38 +465,6 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Reads a PEM certificate chain and its private key, checking that they belong
-/// together. An error names the key at fault (`tls.cert` or `tls.key`) and never holds
-/// the files' contents.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, String)> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert_error = |message: String| ("tls.cert", message);
-    let key_error = |message: String| ("tls.key", message);
-    let pem = std::fs::read(cert)
-        .map_err(|e| cert_error(format!("cannot read `{}`: {e}", cert.display())))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_error(format!("`{}` is not PEM: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(cert_error(format!(
-            "`{}` holds no CERTIFICATE block",
-            cert.display()
-        )));
-    }
-    let pem = std::fs::read(key)
-        .map_err(|e| key_error(format!("cannot read `{}`: {e}", key.display())))?;
-    let private = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| key_error(format!("`{}` holds no private key: {e}", key.display())))?;
-    CertifiedKey::from_der(chain, private, &crate::crypto::provider()).map_err(|e| {
-        key_error(format!(
-            "`{}` is not the key of the certificate in `{}`: {e}",
-            key.display(),
-            cert.display()
-        ))
-    })
 }
 
 /// What tells that a file changed: a rename (new inode), a rewrite (mtime, length).

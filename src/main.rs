@@ -17,9 +17,9 @@ use broker_bridge::config::{self, ExchangeConfig};
 use broker_bridge::exchange::{Delivered, Publisher};
 use broker_bridge::logging::LogOutput;
 use broker_bridge::metrics::Registry;
-use broker_bridge::notify::{self, Notifier};
+use broker_bridge::notify::Notifier;
 use broker_bridge::secret;
-use broker_bridge::sources::Verdict;
+use broker_bridge::sources::{KINDS, Verdict};
 use broker_bridge::{admin, routing, supervisor};
 
 #[derive(Parser)]
@@ -263,13 +263,13 @@ fn main() -> ExitCode {
 
 fn exchange_config(path: Option<&std::path::Path>) -> anyhow::Result<ExchangeConfig> {
     match path {
-        Some(path) => Ok(config::load(path)?.config.exchange),
+        Some(path) => Ok(config::load(path, &KINDS)?.config.exchange),
         None => Ok(ExchangeConfig::default()),
     }
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let loaded = config::load(&path)?;
+    let loaded = config::load(&path, &KINDS)?;
     let registry = Arc::new(Registry::default());
     let admin_config = loaded.config.admin.clone();
     let listen = admin_config.listen;
@@ -301,14 +301,15 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("admin listener on {listen}"))?;
     tracing::info!(%address, "admin listener up (/metrics /healthz /readyz /bridges)");
-    notifier.ready(&notify::status_line(&supervisor.shared()));
-    notifier.spawn_status(supervisor.shared());
+    let shared = supervisor.shared();
+    notifier.ready(&shared.status_line());
+    notifier.spawn_status(move || shared.status_line());
     supervisor.run(loaded.watch_dirs, notifier).await
 }
 
 async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
     use std::fmt::Write;
-    let loaded = config::load(&path)?;
+    let loaded = config::load(&path, &KINDS)?;
     for file in &loaded.secret_files {
         warn_if_readable_by_others(file);
     }
@@ -346,7 +347,7 @@ async fn check(path: PathBuf, online: bool) -> anyhow::Result<()> {
             config
                 .bridges
                 .iter()
-                .map(|bridge| bridge.source.verify_position(bridge)),
+                .map(|bridge| KINDS.verify_position(bridge)),
         )
         .await;
         for (bridge, verdict) in config.bridges.iter().zip(verdicts) {
@@ -557,20 +558,18 @@ fn probe(url: &str, timeout: Duration) -> anyhow::Result<String> {
 }
 
 #[cfg(feature = "webhook")]
-// The `let ... else` is irrefutable in a build with only the webhook kind.
-#[allow(irrefutable_let_patterns)]
 fn webhook_url(path: PathBuf, name: &str) -> anyhow::Result<()> {
-    use broker_bridge::sources::SourceSpec;
-    let config = config::load(&path)?.config;
+    let config = config::load(&path, &KINDS)?.config;
     let bridge = config
         .bridges
         .iter()
         .find(|b| b.name == name)
         .with_context(|| format!("no bridge `{name}` in {}", path.display()))?;
-    let SourceSpec::Webhook(spec) = &bridge.source else {
+    use broker_bridge::sources::{spec_of, webhook};
+    let Some(spec) = spec_of::<webhook::Webhook>(&bridge.source) else {
         bail!("bridge `{name}` is of kind {}, not webhook", bridge.kind());
     };
-    let url = broker_bridge::sources::webhook::hook_url(&config.webhook, name, spec);
+    let url = webhook::hook_url(&config.webhook, name, spec);
     print_stdout(&format!("{url}\n"))?;
     Ok(())
 }

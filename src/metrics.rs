@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::normalize::RejectReason;
+use crate::message::RejectReason;
 
 /// Upper bounds (seconds) of the end-to-end latency histogram.
 const LATENCY_BUCKETS: [f64; 14] = [

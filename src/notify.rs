@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::bridge::{State, current_publisher};
-use crate::supervisor::Shared;
+use crate::bridge::State;
 
 /// How often the `STATUS=` line is recomputed (it is sent only when it changed).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -177,8 +176,9 @@ impl Notifier {
         });
     }
 
-    /// Refreshes the `STATUS=` line every `STATUS_INTERVAL` (sent only when it changed).
-    pub fn spawn_status(self: &Arc<Self>, shared: Arc<Shared>) {
+    /// Refreshes the `STATUS=` line from `status` every `STATUS_INTERVAL` (sent only when
+    /// it changed).
+    pub fn spawn_status(self: &Arc<Self>, status: impl Fn() -> String + Send + 'static) {
         if !self.is_enabled() {
             return;
         }
@@ -192,7 +192,7 @@ impl Notifier {
                 if notifier.stopping.load(Ordering::Relaxed) {
                     break;
                 }
-                notifier.status(&status_line(&shared));
+                notifier.status(&status());
             }
         });
     }
@@ -232,27 +232,7 @@ pub fn monotonic_usec() -> u64 {
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
-/// The one-line summary for `STATUS=` (and `systemctl status`), e.g.
-/// `5 bridges: 4 running, 1 failing (orders); exchange connected`.
-pub fn status_line(shared: &Shared) -> String {
-    let bridges: Vec<(String, State)> = shared
-        .bridges
-        .read()
-        .expect("bridges lock")
-        .iter()
-        .map(|(name, view)| (name.clone(), view.status.snapshot().state))
-        .collect();
-    let exchange_connected = current_publisher(&shared.publisher).is_connected();
-    let reload_failed = shared
-        .reload
-        .lock()
-        .expect("reload lock")
-        .last_error
-        .is_some();
-    summarize(&bridges, exchange_connected, reload_failed)
-}
-
-/// `status_line` from its parts. "Failing" is a bridge that is reconnecting (its source
+/// The `STATUS=` line from its parts (`Shared::status_line`). "Failing" is a bridge that is reconnecting (its source
 /// failed), as `/readyz` reports it.
 pub fn summarize(
     bridges: &[(String, State)],

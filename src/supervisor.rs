@@ -15,13 +15,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{self, BridgeStatus, PublisherSlot, current_publisher};
+use crate::bridge::{self, BridgeStatus, PublisherSlot, State, current_publisher};
 use crate::config::{self, BridgeSpec, Config};
 use crate::exchange::Publisher;
 use crate::metrics::{BridgeMetrics, Registry};
 // `crate::notify` (systemd) spelled out: plain `notify::` here is the file-watching crate.
-use crate::notify::{Notifier, status_line};
-use crate::sources::{Listeners, Verdict};
+use crate::notify::{Notifier, summarize};
+use crate::sources::{KINDS, Listeners, Verdict};
 
 /// How long file events are collected into one reload (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -34,6 +34,28 @@ pub struct Shared {
     pub reload: Mutex<ReloadStatus>,
     /// `[admin] ready_grace` (applied at start, like the rest of `[admin]`).
     pub ready_grace: Duration,
+}
+
+impl Shared {
+    /// The one-line summary for `STATUS=` (and `systemctl status`), e.g.
+    /// `5 bridges: 4 running, 1 failing (orders); exchange connected`.
+    pub fn status_line(&self) -> String {
+        let bridges: Vec<(String, State)> = self
+            .bridges
+            .read()
+            .expect("bridges lock")
+            .iter()
+            .map(|(name, view)| (name.clone(), view.status.snapshot().state))
+            .collect();
+        let exchange_connected = current_publisher(&self.publisher).is_connected();
+        let reload_failed = self
+            .reload
+            .lock()
+            .expect("reload lock")
+            .last_error
+            .is_some();
+        summarize(&bridges, exchange_connected, reload_failed)
+    }
 }
 
 /// One bridge as the admin endpoints see it.
@@ -145,7 +167,7 @@ impl Supervisor {
     /// one whose changed bridge a source broker refuses (e.g. a JetStream filter edit
     /// that would skip pending messages): the old bridge keeps running.
     pub async fn reload(&mut self, trigger: &str) -> Result<Vec<PathBuf>, config::ConfigError> {
-        let loaded = match config::load(&self.path) {
+        let loaded = match config::load(&self.path, &KINDS) {
             Ok(loaded) => loaded,
             Err(error) => return Err(self.refuse_reload(trigger, error)),
         };
@@ -189,8 +211,7 @@ impl Supervisor {
             })
             .collect();
         let verdicts =
-            futures::future::join_all(changed.iter().map(|spec| spec.source.verify_position(spec)))
-                .await;
+            futures::future::join_all(changed.iter().map(|spec| KINDS.verify_position(spec))).await;
         for (spec, verdict) in changed.iter().zip(verdicts) {
             match verdict {
                 Verdict::Safe => {}
@@ -327,7 +348,7 @@ impl Supervisor {
             if let Ok(dirs) = self.reload(trigger).await {
                 watcher.watch(&dirs);
             }
-            notifier.ready(&status_line(&self.shared));
+            notifier.ready(&self.shared.status_line());
         }
         notifier.stopping();
         tracing::info!("shutting down: draining bridges");

@@ -176,7 +176,7 @@ impl Template {
                         .ok_or_else(unresolved)?,
                 ),
                 Part::Header(name) => out.push_str(
-                    crate::normalize::find_header(input.headers, name)
+                    crate::message::find_header(input.headers, name)
                         .filter(|value| !value.is_empty())
                         .ok_or_else(unresolved)?,
                 ),

@@ -1381,7 +1381,8 @@ async fn an_existing_queue_with_other_arguments_is_refused_and_kept() {
     // What a reload (or `check --online`) asks before restarting a bridge: it refuses
     // without changing anything, passes equal settings, and creates no missing queue.
     {
-        use broker_bridge::sources::{SourceError, amqp};
+        use broker_bridge::message::SourceError;
+        use broker_bridge::sources::amqp;
         let spec = |queue: &str, arguments: serde_json::Value| {
             let table = serde_json::json!({
                 "url": AMQP_URL, "queue": queue, "arguments": arguments,

@@ -540,7 +540,8 @@ struct ComposeConfig {
 
 impl ComposeConfig {
     fn load(compose: &Compose) -> ComposeConfig {
-        use broker_bridge::config::load::{apply_env_overrides, interpolate};
+        use broker_bridge::config::load::{Schema, apply_env_overrides, interpolate};
+        let schema = Schema::new(&broker_bridge::sources::KINDS);
         let service = compose.service("broker-bridge");
         let mut env = image_env();
         env.extend(environment(service));
@@ -550,7 +551,7 @@ impl ComposeConfig {
             .unwrap_or_else(|| panic!("{config_path} is not mounted into broker-bridge"));
         let lookup = |name: &str| env.get(name).cloned();
         let prepare = |value: &mut Value, file: &Path| {
-            interpolate(value, &mut String::new(), &lookup)
+            interpolate(&schema, value, &mut String::new(), &lookup)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
         };
 

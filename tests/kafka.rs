@@ -1429,7 +1429,8 @@ async fn start_latest_holds_across_a_restart_before_the_first_record() {
 /// `start = "earliest"`, passes.
 #[tokio::test]
 async fn verify_position_refuses_a_new_group_that_would_skip_records() {
-    use broker_bridge::sources::{ConnectContext, SourceError, kafka};
+    use broker_bridge::message::SourceError;
+    use broker_bridge::sources::{ConnectContext, kafka};
     let topic = new_topic("kt").await;
     let producer = producer();
     let run = unique("r");

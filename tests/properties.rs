@@ -20,9 +20,9 @@ use broker_bridge::cloudevent::{
     is_structured_content_type,
 };
 use broker_bridge::config::{BridgeSpec, PayloadFormat};
+use broker_bridge::message::{Metadata, RejectReason};
 use broker_bridge::normalize::{
-    MAX_ORIGINAL_ID_BYTES, Mapping, Metadata, Normalized, ORIGINAL_ID_EXTENSION, RejectReason,
-    normalize_message,
+    MAX_ORIGINAL_ID_BYTES, Mapping, Normalized, ORIGINAL_ID_EXTENSION, normalize_message,
 };
 use broker_bridge::routing;
 use broker_bridge::s3notification;
@@ -154,7 +154,8 @@ static BRIDGES: LazyLock<Vec<Bridge>> = LazyLock::new(|| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, BRIDGES_TOML).expect("config written");
-    let loaded = broker_bridge::config::load(&path).expect("the test bridges are valid");
+    let loaded = broker_bridge::config::load(&path, &broker_bridge::sources::KINDS)
+        .expect("the test bridges are valid");
     loaded
         .config
         .bridges

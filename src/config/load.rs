@@ -8,28 +8,38 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{BridgeSpec, CommonKeys, Config, PayloadFormat, TopLevel, fields};
+use super::{BridgeSpec, CommonKeys, Config, KindCatalog, PayloadFormat, TopLevel, fields};
 use crate::short_string::MAX_SHORT_STRING;
 
 use crate::routing;
 use crate::secret;
-use crate::sources;
 use crate::template::Template;
 
-/// Keys that may be given as `<key>_file`: a path whose contents (trailing newline
-/// removed) become the value. Keeps secrets out of the config file.
-pub const SECRET_KEYS: [&str; 10] = [
-    "url",
-    "password",
-    "token",
-    "nkey",
-    "access_key_id",
-    "secret_access_key",
-    "session_token",
-    "path_token",
-    "bearer_token",
-    "hmac_secret",
-];
+/// Secret keys of config's own sections (`exchange.url`, `admin.token`); each kind
+/// names its own (`SourceKind::SECRET_KEYS`). Any of them may be given as `<key>_file`: a
+/// path whose contents (trailing newline removed) become the value.
+const OWN_SECRET_KEYS: [&str; 2] = ["url", "token"];
+
+/// What loading knows about the kinds of this build: the catalog, and every secret key.
+pub struct Schema<'a> {
+    kinds: &'a dyn KindCatalog,
+    secret_keys: Vec<&'static str>,
+}
+
+impl<'a> Schema<'a> {
+    pub fn new(kinds: &'a dyn KindCatalog) -> Self {
+        let mut secret_keys = kinds.secret_keys();
+        secret_keys.extend(OWN_SECRET_KEYS);
+        secret_keys.sort_unstable();
+        secret_keys.dedup();
+        Schema { kinds, secret_keys }
+    }
+
+    /// Keys that hold a secret, own and of every kind.
+    pub fn secret_keys(&self) -> &[&'static str] {
+        &self.secret_keys
+    }
+}
 
 /// Prefix of environment overrides: `BROKER_BRIDGE__EXCHANGE__URL` sets `exchange.url`.
 pub const ENV_PREFIX: &str = "BROKER_BRIDGE";
@@ -62,7 +72,7 @@ pub struct Loaded {
 
 /// Reads one TOML file. A syntax error is reported by line and column, with the line
 /// only when it holds no secret: the `config` crate's own message quotes the line.
-fn read_toml(path: &Path) -> Result<Value, ConfigError> {
+fn read_toml(schema: &Schema, path: &Path) -> Result<Value, ConfigError> {
     let file_error = |message: String| ConfigError::File {
         path: path.to_owned(),
         message,
@@ -70,7 +80,7 @@ fn read_toml(path: &Path) -> Result<Value, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| file_error(format!("cannot be read: {e}")))?;
     if let Err(error) = toml::from_str::<toml::Table>(&text) {
-        return Err(file_error(toml_syntax_error(&text, &error)));
+        return Err(file_error(toml_syntax_error(schema, &text, &error)));
     }
     config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
@@ -81,7 +91,7 @@ fn read_toml(path: &Path) -> Result<Value, ConfigError> {
 
 /// `TOML syntax error at line L, column C: <what>`, and the line unless it (or the
 /// multi-line string it is part of) belongs to a secret key.
-fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
+fn toml_syntax_error(schema: &Schema, text: &str, error: &toml::de::Error) -> String {
     let what = error
         .message()
         .split_whitespace()
@@ -97,7 +107,7 @@ fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
     let column = before[line_start..].chars().count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
     let place = format!("TOML syntax error at line {line_number}, column {column}: {what}");
-    if secret_lines(text).contains(&line_number) {
+    if secret_lines(schema, text).contains(&line_number) {
         format!("{place} (the line is not shown: it holds a secret)")
     } else {
         let line = line.trim();
@@ -108,10 +118,10 @@ fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
 
 /// Whether a config key holds a secret: one of `SECRET_KEYS`, or a passed-through
 /// property named like one (`ssl.key.password`, `sasl.oauthbearer.client.secret`).
-pub fn is_secret_key(key: &str) -> bool {
+pub fn is_secret_key(schema: &Schema, key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
     !last.ends_with("_file")
-        && (SECRET_KEYS.contains(&last)
+        && (schema.secret_keys.contains(&last)
             || last.contains("password")
             || last.contains("secret")
             // An inline private key (Kafka's `ssl.key.pem`).
@@ -120,7 +130,7 @@ pub fn is_secret_key(key: &str) -> bool {
 
 /// The numbers (from 1) of the lines of a TOML text that assign a secret key, and of
 /// the lines of multi-line strings such a line opens.
-fn secret_lines(text: &str) -> Vec<usize> {
+fn secret_lines(schema: &Schema, text: &str) -> Vec<usize> {
     let mut lines = Vec::new();
     // The delimiter of the multi-line string being read, and whether its key is secret.
     let mut open: Option<(&str, bool)> = None;
@@ -135,7 +145,7 @@ fn secret_lines(text: &str) -> Vec<usize> {
             }
             continue;
         }
-        let secret = assigns_secret(line);
+        let secret = assigns_secret(schema, line);
         if secret {
             lines.push(number);
         }
@@ -151,7 +161,7 @@ fn secret_lines(text: &str) -> Vec<usize> {
 
 /// Whether a TOML line assigns a secret key (`password = `, `tls = { password = `,
 /// `"bearer_token" =`, `exchange.url =`).
-fn assigns_secret(line: &str) -> bool {
+fn assigns_secret(schema: &Schema, line: &str) -> bool {
     line.match_indices('=').any(|(at, _)| {
         // The last part of a dotted, quoted or spaced key: `a."token"`, `a . token`.
         let key = line[..at]
@@ -161,15 +171,16 @@ fn assigns_secret(line: &str) -> bool {
             .trim()
             .trim_matches(['"', '\''])
             .trim();
-        !key.is_empty() && is_secret_key(key)
+        !key.is_empty() && is_secret_key(schema, key)
     })
 }
 
 /// Loads and validates the configuration at `path`. Its errors hold no secret value:
 /// the config's secrets are remembered (`secret::remember`) as soon as they are read,
-/// and scrubbed from the message.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    load_unscrubbed(path).map_err(|error| match error {
+/// and scrubbed from the message. `kinds` are the source kinds of this build
+/// (`sources::KINDS`).
+pub fn load(path: &Path, kinds: &dyn KindCatalog) -> Result<Loaded, ConfigError> {
+    load_unscrubbed(&Schema::new(kinds), path).map_err(|error| match error {
         ConfigError::File { path, message } => ConfigError::File {
             path,
             message: secret::scrub(&message),
@@ -185,7 +196,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
-fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
+fn load_unscrubbed(schema: &Schema, path: &Path) -> Result<Loaded, ConfigError> {
     // The directory made canonical, so watched directories and relative paths do not
     // depend on the working directory (`-c config.toml` has an empty parent) and match
     // the paths file events carry. The file itself may stay a symlink.
@@ -203,9 +214,9 @@ fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
         path.file_name()
             .ok_or_else(|| file_error("is not a file name".into()))?,
     );
-    let mut root = read_toml(path)?;
+    let mut root = read_toml(schema, path)?;
     let mut secret_files = Vec::new();
-    if holds_literal_secret(&root) {
+    if holds_literal_secret(schema, &root) {
         secret_files.push(path.to_owned());
     }
     apply_env_overrides(&mut root, std::env::vars())?;
@@ -233,10 +244,11 @@ fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
             });
         }
     };
-    prepare(&mut root, &base, &mut secret_files)?;
+    prepare(schema, &mut root, &base, &mut secret_files)?;
     let mut bridges = Vec::with_capacity(main_bridges.len());
     for raw in main_bridges {
         bridges.push(prepare_bridge(
+            schema,
             raw,
             &base,
             bridges.len(),
@@ -259,12 +271,16 @@ fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
         matched.sort();
         for file in matched {
             let file_base = file.parent().unwrap_or(&base).to_owned();
-            let raw_bridges = read_include(&file)?;
-            if raw_bridges.iter().any(holds_literal_secret) {
+            let raw_bridges = read_include(schema, &file)?;
+            if raw_bridges
+                .iter()
+                .any(|item| holds_literal_secret(schema, item))
+            {
                 secret_files.push(file.clone());
             }
             for raw in raw_bridges {
                 bridges.push(prepare_bridge(
+                    schema,
                     raw,
                     &file_base,
                     bridges.len(),
@@ -285,7 +301,7 @@ fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
         tls.cert = base.join(&tls.cert);
         tls.key = base.join(&tls.key);
     }
-    let config = build(top)?;
+    let config = build(schema, top)?;
     watch_dirs.sort();
     watch_dirs.dedup();
     secret_files.sort();
@@ -302,20 +318,23 @@ fn load_unscrubbed(path: &Path) -> Result<Loaded, ConfigError> {
 /// relative to that file's directory; notes the files that hold secrets, and remembers
 /// the secret values for `secret::scrub`.
 fn prepare(
+    schema: &Schema,
     value: &mut Value,
     base: &Path,
     secret_files: &mut Vec<PathBuf>,
 ) -> Result<(), ConfigError> {
-    interpolate(value, &mut String::new(), &|name| std::env::var(name).ok())?;
-    note_secret_files(value, base, secret_files);
-    resolve_files(value, base, &mut String::new())?;
-    remember_secrets(value, "");
+    interpolate(schema, value, &mut String::new(), &|name| {
+        std::env::var(name).ok()
+    })?;
+    note_secret_files(schema, value, base, secret_files);
+    resolve_files(schema, value, base, &mut String::new())?;
+    remember_secrets(schema, value, "");
     Ok(())
 }
 
 /// Whether a file's tables hold a secret as it stands (not only `${VAR}` references):
 /// a secret key's text, or the password or token of a URL's user info.
-fn holds_literal_secret(value: &Value) -> bool {
+fn holds_literal_secret(schema: &Schema, value: &Value) -> bool {
     fn without_references(text: &str) -> String {
         let mut out = String::new();
         let mut rest = text;
@@ -333,7 +352,7 @@ fn holds_literal_secret(value: &Value) -> bool {
     }
     match value {
         Value::Object(table) => table.iter().any(|(key, item)| match item {
-            Value::String(text) if is_secret_key(key) => {
+            Value::String(text) if is_secret_key(schema, key) => {
                 let literal = without_references(text);
                 if key.rsplit('.').next() == Some("url") {
                     secret::url_passwords(&literal)
@@ -343,15 +362,15 @@ fn holds_literal_secret(value: &Value) -> bool {
                     !literal.is_empty()
                 }
             }
-            other => holds_literal_secret(other),
+            other => holds_literal_secret(schema, other),
         }),
-        Value::Array(items) => items.iter().any(holds_literal_secret),
+        Value::Array(items) => items.iter().any(|item| holds_literal_secret(schema, item)),
         _ => false,
     }
 }
 
 /// Adds the files named by `<secret>_file`, `key_file` and `creds_file` keys.
-fn note_secret_files(value: &Value, base: &Path, secret_files: &mut Vec<PathBuf>) {
+fn note_secret_files(schema: &Schema, value: &Value, base: &Path, secret_files: &mut Vec<PathBuf>) {
     match value {
         Value::Object(table) => {
             for (key, item) in table {
@@ -363,17 +382,17 @@ fn note_secret_files(value: &Value, base: &Path, secret_files: &mut Vec<PathBuf>
                             || key == "key"
                             || key
                                 .strip_suffix("_file")
-                                .is_some_and(|secret| SECRET_KEYS.contains(&secret)) =>
+                                .is_some_and(|secret| schema.secret_keys.contains(&secret)) =>
                     {
                         secret_files.push(base.join(file));
                     }
-                    other => note_secret_files(other, base, secret_files),
+                    other => note_secret_files(schema, other, base, secret_files),
                 }
             }
         }
         Value::Array(items) => {
             for item in items {
-                note_secret_files(item, base, secret_files);
+                note_secret_files(schema, item, base, secret_files);
             }
         }
         _ => {}
@@ -381,19 +400,19 @@ fn note_secret_files(value: &Value, base: &Path, secret_files: &mut Vec<PathBuf>
 }
 
 /// `secret::remember`s the value of every secret key.
-fn remember_secrets(value: &Value, key: &str) {
+fn remember_secrets(schema: &Schema, value: &Value, key: &str) {
     match value {
-        Value::String(text) if is_secret_key(key) => {
+        Value::String(text) if is_secret_key(schema, key) => {
             secret::remember(text, key.rsplit('.').next() == Some("url"));
         }
         Value::Object(table) => {
             for (key, item) in table {
-                remember_secrets(item, key);
+                remember_secrets(schema, item, key);
             }
         }
         Value::Array(items) => {
             for item in items {
-                remember_secrets(item, key);
+                remember_secrets(schema, item, key);
             }
         }
         _ => {}
@@ -402,12 +421,13 @@ fn remember_secrets(value: &Value, key: &str) {
 
 /// `prepare` for one `[[bridge]]` table; errors name the bridge.
 fn prepare_bridge(
+    schema: &Schema,
     mut raw: Value,
     base: &Path,
     index: usize,
     secret_files: &mut Vec<PathBuf>,
 ) -> Result<Value, ConfigError> {
-    prepare(&mut raw, base, secret_files).map_err(|error| match error {
+    prepare(schema, &mut raw, base, secret_files).map_err(|error| match error {
         ConfigError::Key { key, message } => ConfigError::Bridge {
             bridge: bridge_label(&raw, index),
             message: format!("key `{key}`: {message}"),
@@ -516,8 +536,8 @@ fn glob_root(pattern: &Path) -> Option<PathBuf> {
     }
 }
 
-fn read_include(path: &Path) -> Result<Vec<Value>, ConfigError> {
-    let value = read_toml(path)?;
+fn read_include(schema: &Schema, path: &Path) -> Result<Vec<Value>, ConfigError> {
+    let value = read_toml(schema, path)?;
     let file_error = |message: String| ConfigError::File {
         path: path.to_owned(),
         message,
@@ -540,13 +560,14 @@ fn read_include(path: &Path) -> Result<Vec<Value>, ConfigError> {
 
 /// Replaces `${NAME}` and `${NAME:-default}` in every string; `$${` is a literal `${`.
 pub fn interpolate(
+    schema: &Schema,
     value: &mut Value,
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
         Value::String(text) if text.contains('$') => {
-            let secret = is_secret_key(path);
+            let secret = is_secret_key(schema, path);
             *text = interpolate_value(text, env, secret).map_err(|message| ConfigError::Key {
                 key: path.clone(),
                 message,
@@ -556,7 +577,7 @@ pub fn interpolate(
             for (index, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{index}]"));
-                interpolate(item, path, env)?;
+                interpolate(schema, item, path, env)?;
                 path.truncate(len);
             }
         }
@@ -567,7 +588,7 @@ pub fn interpolate(
                     path.push('.');
                 }
                 path.push_str(key);
-                interpolate(item, path, env)?;
+                interpolate(schema, item, path, env)?;
                 path.truncate(len);
             }
         }
@@ -643,10 +664,15 @@ fn interpolate_value(
 /// Replaces every `<secret>_file = "path"` with `<secret> = <file contents>`, and makes
 /// every other `*_file` path (creds, TLS) absolute: relative paths are relative to the
 /// file that holds them, not to wherever the daemon was started.
-fn resolve_files(value: &mut Value, base: &Path, path: &mut String) -> Result<(), ConfigError> {
+fn resolve_files(
+    schema: &Schema,
+    value: &mut Value,
+    base: &Path,
+    path: &mut String,
+) -> Result<(), ConfigError> {
     match value {
         Value::Object(table) => {
-            for secret in SECRET_KEYS {
+            for secret in schema.secret_keys.clone() {
                 let file_key = format!("{secret}_file");
                 let Some(file) = table.remove(&file_key) else {
                     continue;
@@ -685,7 +711,7 @@ fn resolve_files(value: &mut Value, base: &Path, path: &mut String) -> Result<()
                     path.push('.');
                 }
                 path.push_str(key);
-                resolve_files(item, base, path)?;
+                resolve_files(schema, item, base, path)?;
                 path.truncate(len);
             }
         }
@@ -693,7 +719,7 @@ fn resolve_files(value: &mut Value, base: &Path, path: &mut String) -> Result<()
             for (index, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{index}]"));
-                resolve_files(item, base, path)?;
+                resolve_files(schema, item, base, path)?;
                 path.truncate(len);
             }
         }
@@ -702,7 +728,7 @@ fn resolve_files(value: &mut Value, base: &Path, path: &mut String) -> Result<()
     Ok(())
 }
 
-fn build(top: TopLevel) -> Result<Config, ConfigError> {
+fn build(schema: &Schema, top: TopLevel) -> Result<Config, ConfigError> {
     let exchange = top.exchange;
     let exchange_error = |key: &str, message: &str| ConfigError::Key {
         key: format!("exchange.{key}"),
@@ -763,7 +789,7 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
     let mut names = HashSet::new();
     let mut bridges = Vec::with_capacity(top.bridge.len());
     for (index, raw) in top.bridge.into_iter().enumerate() {
-        let spec = build_bridge(raw, index, &top.defaults, exchange.max_message_size)?;
+        let spec = build_bridge(schema, raw, index, &top.defaults, exchange.max_message_size)?;
         spec.source
             .check(&spec, &exchange)
             .map_err(|message| ConfigError::Bridge {
@@ -778,7 +804,9 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
         }
         bridges.push(spec);
     }
-    sources::check_bridges(&bridges)
+    schema
+        .kinds
+        .check_bridges(&bridges)
         .map_err(|(bridge, message)| ConfigError::Bridge { bridge, message })?;
     if let Some(url) = &top.webhook.public_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -800,6 +828,7 @@ fn build(top: TopLevel) -> Result<Config, ConfigError> {
 }
 
 fn build_bridge(
+    schema: &Schema,
     raw: Value,
     index: usize,
     defaults: &super::Defaults,
@@ -818,7 +847,7 @@ fn build_bridge(
     };
     let common: CommonKeys =
         fields::parse(Value::Object(fields::take::<CommonKeys>(&mut table))).map_err(&error)?;
-    let source = sources::parse_spec(&common.kind, table).map_err(&error)?;
+    let source = schema.kinds.parse(&common.kind, table).map_err(&error)?;
 
     let key_error = |key: &str, message: String| error(format!("key `{key}`: {message}"));
     if common.name.is_empty()
@@ -1003,6 +1032,10 @@ fn tenant_template(text: &str) -> Result<Template, String> {
 mod tests {
     use super::*;
 
+    fn schema() -> Schema<'static> {
+        Schema::new(&crate::sources::KINDS)
+    }
+
     fn env(name: &str) -> Option<String> {
         match name {
             "HOST" => Some("rabbit".into()),
@@ -1034,7 +1067,7 @@ mod tests {
     #[test]
     fn interpolation_errors_name_the_key() {
         let mut value = serde_json::json!({"exchange": {"url": "${MISSING}"}});
-        let err = interpolate(&mut value, &mut String::new(), &env).unwrap_err();
+        let err = interpolate(&schema(), &mut value, &mut String::new(), &env).unwrap_err();
         assert!(
             matches!(err, ConfigError::Key { ref key, .. } if key == "exchange.url"),
             "{err}"
@@ -1101,7 +1134,13 @@ mod tests {
             "creds_file": "bridge.creds",
             "tls": {"ca_file": "certs/ca.pem", "key_file": "/abs/key.pem"},
         });
-        resolve_files(&mut value, Path::new("/etc/bb/bridges"), &mut String::new()).unwrap();
+        resolve_files(
+            &schema(),
+            &mut value,
+            Path::new("/etc/bb/bridges"),
+            &mut String::new(),
+        )
+        .unwrap();
         assert_eq!(
             value,
             serde_json::json!({
@@ -1122,7 +1161,7 @@ mod tests {
             ),
         )
         .unwrap();
-        load(&path).map(|loaded| loaded.config)
+        load(&path, &crate::sources::KINDS).map(|loaded| loaded.config)
     }
 
     fn bridge_error(bridge: &str) -> String {
@@ -1232,7 +1271,7 @@ mod tests {
     }
     fn syntax_error(text: &str) -> String {
         let error = toml::from_str::<toml::Table>(text).unwrap_err();
-        toml_syntax_error(text, &error)
+        toml_syntax_error(&schema(), text, &error)
     }
 
     #[test]
@@ -1272,27 +1311,28 @@ mod tests {
             "sasl.oauthbearer.client.secret",
             "hmac_secret",
         ] {
-            assert!(is_secret_key(key), "{key}");
+            assert!(is_secret_key(&schema(), key), "{key}");
         }
         for key in ["password_file", "url_file", "user", "queue", "public_url"] {
-            assert!(!is_secret_key(key), "{key}");
+            assert!(!is_secret_key(&schema(), key), "{key}");
         }
         assert!(assigns_secret(
+            &schema(),
             "  tls = { ca_file = \"x\", password = \"p\" }"
         ));
-        assert!(!assigns_secret("user = \"password\""));
+        assert!(!assigns_secret(&schema(), "user = \"password\""));
         for spelled in [
             "admin.\"token\" = \"abc",
             "admin . token = \"abc",
             "properties = { \"ssl.key.pem\" = \"-----BEGIN",
         ] {
-            assert!(assigns_secret(spelled), "{spelled}");
+            assert!(assigns_secret(&schema(), spelled), "{spelled}");
         }
     }
 
     #[test]
     fn literal_secrets_are_told_from_references() {
-        let holds = |value: serde_json::Value| holds_literal_secret(&value);
+        let holds = |value: serde_json::Value| holds_literal_secret(&schema(), &value);
         assert!(holds(
             serde_json::json!({"exchange": {"url": "amqp://u:p@h"}})
         ));
@@ -1309,13 +1349,13 @@ mod tests {
     #[test]
     fn interpolation_errors_do_not_quote_a_secret() {
         let mut value = serde_json::json!({"bridge": {"password": "ab${c-SECRET-2}"}});
-        let error = interpolate(&mut value, &mut String::new(), &env)
+        let error = interpolate(&schema(), &mut value, &mut String::new(), &env)
             .unwrap_err()
             .to_string();
         assert!(error.contains("bridge.password"), "{error}");
         assert!(!error.contains("SECRET"), "{error}");
         let mut value = serde_json::json!({"queue": "ab${c-SHOWN}"});
-        let error = interpolate(&mut value, &mut String::new(), &env)
+        let error = interpolate(&schema(), &mut value, &mut String::new(), &env)
             .unwrap_err()
             .to_string();
         assert!(error.contains("c-SHOWN"), "{error}");

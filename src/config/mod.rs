@@ -4,16 +4,15 @@
 pub mod duration;
 pub mod fields;
 pub mod load;
+pub mod source;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backoff::BackoffConfig;
-use crate::sources::SourceSpec;
-
 pub use load::{ConfigError, Loaded, load};
+pub use source::{KindCatalog, SourceSettings, SourceSpec, TlsOptions};
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,8 +142,8 @@ impl Default for AdminConfig {
 }
 
 impl AdminConfig {
-    pub fn limits(&self) -> crate::listener::Limits {
-        crate::listener::Limits {
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
             idle_timeout: self.idle_timeout,
@@ -228,8 +227,8 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
-    pub fn limits(&self) -> crate::listener::Limits {
-        crate::listener::Limits {
+    pub fn limits(&self) -> ListenerLimits {
+        ListenerLimits {
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
             idle_timeout: self.idle_timeout,
@@ -242,10 +241,48 @@ impl WebhookConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         check_limits("webhook", &self.limits())?;
         if let Some(tls) = &self.tls {
-            crate::listener::load_certified_key(&tls.cert, &tls.key)
+            crate::crypto::load_certified_key(&tls.cert, &tls.key)
                 .map_err(|(key, message)| key_error(&format!("webhook.{key}"), message))?;
         }
         Ok(())
+    }
+}
+
+/// `header_timeout`, `body_timeout`, `idle_timeout` and `max_connections` of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Backoff settings, `[defaults.backoff]` and `[exchange.backoff]` in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay after a failure.
+    #[serde(with = "duration", default = "default_initial")]
+    pub initial: Duration,
+    /// Upper bound for any delay.
+    #[serde(with = "duration", default = "default_max")]
+    pub max: Duration,
+}
+
+fn default_initial() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: default_initial(),
+            max: default_max(),
+        }
     }
 }
 
@@ -282,7 +319,7 @@ fn key_error(key: &str, message: String) -> ConfigError {
     }
 }
 
-fn check_limits(section: &str, limits: &crate::listener::Limits) -> Result<(), ConfigError> {
+fn check_limits(section: &str, limits: &ListenerLimits) -> Result<(), ConfigError> {
     for (key, value) in [
         ("header_timeout", limits.header_timeout),
         ("body_timeout", limits.body_timeout),
@@ -489,8 +526,9 @@ mod tests {
             names::<CommonKeys>(),
         ]
         .concat();
-        keys.extend(crate::sources::accepted_keys());
-        let secret_files: Vec<String> = load::SECRET_KEYS
+        keys.extend(crate::sources::KINDS.accepted_keys());
+        let secret_files: Vec<String> = load::Schema::new(&crate::sources::KINDS)
+            .secret_keys()
             .iter()
             .filter(|key| keys.contains(key))
             .map(|key| format!("{key}_file"))
@@ -505,7 +543,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_this_build_is_listed_in_the_example() {
-        for kind in crate::sources::KINDS {
+        for kind in crate::sources::KINDS.names() {
             assert!(
                 EXAMPLE.contains(&format!("kind = \"{kind}\"")),
                 "no example bridge of kind {kind}"

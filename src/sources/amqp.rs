@@ -61,9 +61,10 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Acker, ConnectContext, Incoming, Source, SourceError, TlsOptions};
+use super::common::context::{ConnectContext, Source};
+use crate::config::TlsOptions;
 use crate::config::{BridgeSpec, ExchangeConfig, fields};
-use crate::normalize::Metadata;
+use crate::message::{Acker, Incoming, Metadata, SourceError};
 use crate::routing;
 use crate::secret::Secret;
 
@@ -131,8 +132,49 @@ fn default_true() -> bool {
 }
 
 /// Every key of the kind (for the test that the example config documents them all).
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     fields::names::<AmqpSpec>().to_vec()
+}
+
+/// `kind = "amqp"`: a RabbitMQ queue.
+pub struct Amqp;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for Amqp {
+    const NAME: &'static str = "amqp";
+    const SECRET_KEYS: &'static [&'static str] = &["url", "password"];
+    type Spec = AmqpSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<AmqpSpec, String> {
+        AmqpSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &AmqpSpec) -> String {
+        spec.describe()
+    }
+
+    fn subject_separator(_: &AmqpSpec) -> Option<char> {
+        Some('.')
+    }
+
+    fn check(spec: &AmqpSpec, bridge: &BridgeSpec, exchange: &ExchangeConfig) -> Result<(), String> {
+        spec.check(bridge, exchange)
+    }
+
+    async fn verify_position(spec: &AmqpSpec, bridge: &BridgeSpec) -> Result<(), SourceError> {
+        verify_queue(spec, &bridge.name).await
+    }
+
+    async fn connect(
+        spec: &AmqpSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect(spec, context).await
+    }
 }
 
 impl AmqpSpec {
@@ -1036,7 +1078,7 @@ async fn report_what_an_edit_left(
             }
         }
     }
-    let written = super::state_file::write_json(&path, &now);
+    let written = super::common::state_file::write_json(&path, &now);
     if let Err(error) = written {
         tracing::warn!(
             "cannot record the queue and bindings in {}: {error}; a later edit of them is not reported",
@@ -1300,7 +1342,8 @@ fn time_of(seconds: u64) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use crate::config::PayloadFormat;
-    use crate::sources::SourceSpec;
+    use crate::config::SourceSpec;
+    use crate::sources::common::kind::Settings;
 
     fn parse(table: Value) -> Result<AmqpSpec, String> {
         AmqpSpec::parse(table.as_object().unwrap().clone())
@@ -1324,7 +1367,7 @@ mod tests {
             state_dir: Default::default(),
             deadletter_sample_bytes: 65536,
             max_in_flight_bytes: 1 << 20,
-            source: SourceSpec::Amqp(spec.clone()),
+            source: SourceSpec::new(Settings::<Amqp>(spec.clone())),
         }
     }
 

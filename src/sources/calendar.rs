@@ -85,10 +85,10 @@ use croner::Cron;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::in_order::{InOrder, Ticket};
-use super::{Acker, ConnectContext, Incoming, Source, SourceError, SourceMetrics};
+use super::common::in_order::{InOrder, Ticket};
+use super::common::context::{ConnectContext, Source, SourceMetrics};
 use crate::config::{duration, fields};
-use crate::normalize::Metadata;
+use crate::message::{Acker, Incoming, Metadata, SourceError};
 
 /// The CloudEvent type of a tick when the bridge sets no `type`.
 pub const TICK_TYPE: &str = "broker-bridge.calendar.tick";
@@ -182,8 +182,36 @@ fn human(interval: Duration) -> String {
     }
 }
 
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     fields::names::<CalendarSpec>().to_vec()
+}
+
+/// `kind = "calendar"`: ticks on a schedule.
+pub struct Calendar;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for Calendar {
+    const NAME: &'static str = "calendar";
+    type Spec = CalendarSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<CalendarSpec, String> {
+        CalendarSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &CalendarSpec) -> String {
+        spec.describe()
+    }
+
+    async fn connect(
+        spec: &CalendarSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect(spec, context).await
+    }
 }
 
 /// The RFC 3339 text of a scheduled time, as in the event id: UTC, whole seconds, `Z`.
@@ -590,7 +618,7 @@ fn write_cursor(path: &Path, tick: DateTime<Utc>, schedule: &Fingerprint) -> std
         schedule,
     })
     .expect("serializable");
-    super::state_file::write_atomically(path, &contents)
+    super::common::state_file::write_atomically(path, &contents)
 }
 
 /// Ticks handed to the bridge and not yet confirmed, and the cursor they advance.
@@ -1247,11 +1275,11 @@ data = { job = "sync", n = 2, tags = ["a"] }
 "#,
         )
         .unwrap();
-        let loaded = crate::config::load(&path).unwrap();
-        #[allow(irrefutable_let_patterns)] // in a build with only this kind
-        let super::super::SourceSpec::Calendar(spec) = &loaded.config.bridges[0].source else {
-            panic!("a calendar bridge");
-        };
+        let loaded = crate::config::load(&path, &crate::sources::KINDS).unwrap();
+        let spec = crate::sources::common::kind::spec_of::<super::Calendar>(
+            &loaded.config.bridges[0].source,
+        )
+        .expect("a calendar bridge");
         assert_eq!(spec.exclusion_dates, ["2026-12-25", "2026-12-26"]);
         assert_eq!(
             spec.data,

@@ -90,10 +90,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
-use super::in_order::{InOrder, Ticket};
-use super::{Acker, ConnectContext, Incoming, Source, SourceError, SourceMetrics, TlsOptions};
+use super::common::in_order::{InOrder, Ticket};
+use super::common::context::{ConnectContext, Source, SourceMetrics};
+use crate::config::TlsOptions;
 use crate::config::fields;
-use crate::normalize::Metadata;
+use crate::message::{Acker, Incoming, Metadata, SourceError};
 
 /// Where librdkafka starts a group that has no committed offset for a partition (also
 /// where it goes when the committed offset is no longer in the log).
@@ -300,8 +301,43 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 ];
 
 /// Every key of the kind (the `[bridge.tls]` keys are listed by the caller).
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     fields::names::<KafkaSpec>().to_vec()
+}
+
+/// `kind = "kafka"`: a consumer group.
+pub struct Kafka;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for Kafka {
+    const NAME: &'static str = "kafka";
+    type Spec = KafkaSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<KafkaSpec, String> {
+        KafkaSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &KafkaSpec) -> String {
+        spec.describe()
+    }
+
+    async fn verify_position(
+        spec: &KafkaSpec,
+        bridge: &crate::config::BridgeSpec,
+    ) -> Result<(), SourceError> {
+        verify_position(spec, &bridge.name).await
+    }
+
+    async fn connect(
+        spec: &KafkaSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect(spec, context).await
+    }
 }
 
 /// Largest Kafka topic name.
@@ -1988,7 +2024,7 @@ impl KafkaSource {
 /// The CloudEvent side of a record: id, subject, source, time, headers, partition key.
 fn metadata(record: &Record, cluster: &str, received: DateTime<Utc>) -> Metadata {
     let topic = &*record.topic;
-    let content_type = crate::normalize::find_header(&record.headers, "content-type")
+    let content_type = crate::message::find_header(&record.headers, "content-type")
         .filter(|value| !value.is_empty())
         .map(str::to_owned);
     let extensions = match &record.key {

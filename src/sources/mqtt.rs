@@ -63,11 +63,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
-use super::in_order::{InOrder, Ticket};
-use super::{Acker, ConnectContext, Incoming, NoAck, Source, SourceError, TlsOptions};
+use super::common::in_order::{InOrder, Ticket};
+use super::common::context::{ConnectContext, Source};
+use crate::config::TlsOptions;
 use crate::cloudevent::is_valid_attribute_name;
 use crate::config::{duration, fields};
-use crate::normalize::Metadata;
+use crate::message::{Acker, Incoming, Metadata, NoAck, SourceError};
 use crate::secret::Secret;
 
 /// The MQTT protocol version spoken to the broker.
@@ -337,8 +338,41 @@ impl MqttSpec {
 }
 
 /// The keys of `kind = "mqtt"` (the `[bridge.tls]` keys are listed by the caller).
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     fields::names::<MqttSpec>().to_vec()
+}
+
+/// `kind = "mqtt"`.
+pub struct Mqtt;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for Mqtt {
+    const NAME: &'static str = "mqtt";
+    const SECRET_KEYS: &'static [&'static str] = &["url", "password"];
+    type Spec = MqttSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<MqttSpec, String> {
+        MqttSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &MqttSpec) -> String {
+        spec.describe()
+    }
+
+    fn subject_separator(_: &MqttSpec) -> Option<char> {
+        Some('/')
+    }
+
+    async fn connect(
+        spec: &MqttSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect(spec, context).await
+    }
 }
 
 fn human_duration(duration: Duration) -> String {
@@ -980,7 +1014,7 @@ fn keep_record(path: &Path, bridge: &str, record: SessionRecord, previous: Optio
     if previous == Some(&record) {
         return;
     }
-    let write = || super::state_file::write_json(path, &record);
+    let write = || super::common::state_file::write_json(path, &record);
     if let Err(e) = write() {
         tracing::warn!(
             path = %path.display(),

@@ -12,11 +12,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{
-    Acker, ConnectContext, Incoming, NoAck, Source, SourceError, SourceMetrics, TlsOptions,
-};
+use super::common::context::{ConnectContext, Source, SourceMetrics};
+use crate::config::TlsOptions;
 use crate::config::{duration, fields};
-use crate::normalize::{Metadata, find_header};
+use crate::message::{Acker, Incoming, Metadata, NoAck, SourceError, find_header};
 use crate::secret::Secret;
 
 /// Connection keys shared by both NATS kinds.
@@ -181,13 +180,86 @@ impl JetStreamSpec {
 }
 
 /// The keys of both NATS kinds (connection, core and JetStream).
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     [
         fields::names::<NatsConnection>(),
         fields::names::<NatsKeys>(),
         fields::names::<JetStreamKeys>(),
     ]
     .concat()
+}
+
+/// `kind = "nats"`: core NATS, at most once.
+pub struct Nats;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for Nats {
+    const NAME: &'static str = "nats";
+    const SECRET_KEYS: &'static [&'static str] = &["url", "password", "token", "nkey"];
+    type Spec = NatsSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<NatsSpec, String> {
+        NatsSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &NatsSpec) -> String {
+        spec.describe()
+    }
+
+    fn subject_separator(_: &NatsSpec) -> Option<char> {
+        Some('.')
+    }
+
+    async fn connect(
+        spec: &NatsSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect_core(spec, context).await
+    }
+}
+
+/// `kind = "jetstream"`: a durable JetStream consumer, at least once.
+pub struct JetStream;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for JetStream {
+    const NAME: &'static str = "jetstream";
+    const SECRET_KEYS: &'static [&'static str] = Nats::SECRET_KEYS;
+    type Spec = JetStreamSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<JetStreamSpec, String> {
+        JetStreamSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &JetStreamSpec) -> String {
+        spec.describe()
+    }
+
+    fn subject_separator(_: &JetStreamSpec) -> Option<char> {
+        Some('.')
+    }
+
+    async fn verify_position(
+        spec: &JetStreamSpec,
+        bridge: &crate::config::BridgeSpec,
+    ) -> Result<(), SourceError> {
+        verify_jetstream(spec, &bridge.name, bridge.max_in_flight).await
+    }
+
+    async fn connect(
+        spec: &JetStreamSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect_jetstream(spec, context).await
+    }
 }
 
 /// `host:port` of the first server, without credentials, for CloudEvent sources.

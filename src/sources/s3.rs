@@ -70,9 +70,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use super::{Acker, ConnectContext, Incoming, Source, SourceError, TlsOptions};
+use super::common::context::{ConnectContext, Source};
+use crate::config::TlsOptions;
 use crate::config::{duration, fields};
-use crate::normalize::Metadata;
+use crate::message::{Acker, Incoming, Metadata, SourceError};
 use crate::s3notification::{ObjectData, clean_etag, inline_body};
 use crate::secret::Secret;
 
@@ -179,8 +180,42 @@ impl S3Spec {
     }
 }
 
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     fields::names::<S3Spec>().to_vec()
+}
+
+/// `kind = "s3"`: a bucket, polled.
+pub struct S3;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for S3 {
+    const NAME: &'static str = "s3";
+    const SECRET_KEYS: &'static [&'static str] =
+        &["access_key_id", "secret_access_key", "session_token"];
+    type Spec = S3Spec;
+
+    fn parse(table: Map<String, Value>) -> Result<S3Spec, String> {
+        S3Spec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &S3Spec) -> String {
+        spec.describe()
+    }
+
+    fn subject_separator(_: &S3Spec) -> Option<char> {
+        Some('/')
+    }
+
+    async fn connect(
+        spec: &S3Spec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect(spec, context).await
+    }
 }
 
 /// One line of the index.
@@ -378,7 +413,7 @@ fn recover(files: &Files, header: &Header) -> Result<(), SourceError> {
         }
         let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
         file.sync_all().map_err(write_err)?;
-        super::state_file::replace(&tmp, &files.index)
+        super::common::state_file::replace(&tmp, &files.index)
             .map_err(|e| io_error("write", &files.index, e))?;
         tracing::info!(%watermark, "cursor recovered from an unfinished poll");
     }
@@ -444,7 +479,7 @@ impl Cursor {
                 watermark: watermark.clone(),
             })
             .expect("serializable");
-            super::state_file::write_atomically(&self.files.progress, &progress)?;
+            super::common::state_file::write_atomically(&self.files.progress, &progress)?;
             self.written = watermark;
         }
         Ok(())
@@ -779,7 +814,7 @@ impl S3Source {
             let werr = |e| io_error("write", &files.next, e);
             let file = next.into_inner().map_err(|e| werr(e.into_error()))?;
             file.sync_all().map_err(werr)?;
-            super::state_file::replace(&files.next, &files.index)
+            super::common::state_file::replace(&files.next, &files.index)
                 .map_err(|e| io_error("write", &files.index, e))?;
         }
         let _ = std::fs::remove_file(&files.progress);

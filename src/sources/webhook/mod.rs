@@ -44,14 +44,16 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use super::webhook_auth::{
+mod auth;
+
+use auth::{
     Claim, ClaimTicket, REPLAY_CAPACITY, ReplayGuard, SignatureCheck, SignatureScheme,
 };
-use super::{Acker, ConnectContext, ExchangeProbe, Incoming, Source, SourceError, SourceMetrics};
+use super::common::context::{ConnectContext, ExchangeProbe, Shared, Source, SourceMetrics};
+use crate::message::{Acker, Incoming, Metadata, RejectReason, SourceError, find_header};
 use crate::cloudevent::{is_batch_content_type, is_json_content_type};
 use crate::config::{BridgeSpec, WebhookConfig, duration, fields};
 use crate::metrics::Refusal;
-use crate::normalize::{Metadata, RejectReason, find_header};
 use crate::secret::Secret;
 
 /// The CloudEvent type when the bridge sets no `type`.
@@ -239,8 +241,41 @@ impl WebhookSpec {
     }
 }
 
-pub(super) fn accepted_keys() -> Vec<&'static str> {
+fn accepted_keys() -> Vec<&'static str> {
     fields::names::<WebhookSpec>().to_vec()
+}
+
+/// `kind = "webhook"`: HTTP requests on the shared `[webhook]` listener.
+pub struct Webhook;
+
+#[async_trait::async_trait]
+impl super::common::kind::SourceKind for Webhook {
+    const NAME: &'static str = "webhook";
+    const SECRET_KEYS: &'static [&'static str] = &["path_token", "bearer_token", "hmac_secret"];
+    type Spec = WebhookSpec;
+
+    fn parse(table: Map<String, Value>) -> Result<WebhookSpec, String> {
+        WebhookSpec::parse(table)
+    }
+
+    fn accepted_keys() -> Vec<&'static str> {
+        accepted_keys()
+    }
+
+    fn describe(spec: &WebhookSpec) -> String {
+        spec.describe()
+    }
+
+    fn check_bridges(bridges: &[(&BridgeSpec, &WebhookSpec)]) -> Result<(), (String, String)> {
+        check_paths(bridges)
+    }
+
+    async fn connect(
+        spec: &WebhookSpec,
+        context: &ConnectContext,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        connect(spec, context).await
+    }
 }
 
 fn check_path(path: &str) -> Result<(), String> {
@@ -260,14 +295,9 @@ fn check_path(path: &str) -> Result<(), String> {
 }
 
 /// Refuses configs in which two webhook bridges could answer the same URL.
-// The `let ... else` is irrefutable in a build with only the webhook kind.
-#[allow(irrefutable_let_patterns)]
-pub fn check_paths(bridges: &[BridgeSpec]) -> Result<(), (String, String)> {
+fn check_paths(bridges: &[(&BridgeSpec, &WebhookSpec)]) -> Result<(), (String, String)> {
     let mut seen: Vec<(String, &str)> = Vec::new();
-    for bridge in bridges {
-        let super::SourceSpec::Webhook(spec) = &bridge.source else {
-            continue;
-        };
+    for (bridge, spec) in bridges {
         let path = spec.hook_path(&bridge.name);
         for (other_path, other) in &seen {
             let nested = |a: &str, b: &str| a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
@@ -388,23 +418,6 @@ impl Hub {
             .insert(path, Arc::new(route));
     }
 
-    /// Forgets the routes of bridges no longer configured. A configured bridge that is
-    /// between runs (restarting after a reload) keeps its route, answering 503.
-    pub fn retain(&self, bridges: &[BridgeSpec]) {
-        let wanted: HashSet<String> = bridges
-            .iter()
-            .filter_map(|bridge| match &bridge.source {
-                super::SourceSpec::Webhook(spec) => Some(spec.hook_path(&bridge.name)),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })
-            .collect();
-        self.routes
-            .write()
-            .expect("routes lock")
-            .retain(|path, _| wanted.contains(path));
-    }
-
     /// The route answering `path`, and the token segment when the route has one.
     fn lookup<'p>(&self, path: &'p str) -> Option<(Arc<Route>, Option<&'p str>)> {
         let routes = self.routes.read().expect("routes lock");
@@ -417,6 +430,24 @@ impl Hub {
             .path_token
             .is_some()
             .then(|| (route.clone(), Some(last)))
+    }
+}
+
+impl Shared for Hub {
+    /// Forgets the routes of bridges no longer configured. A configured bridge that is
+    /// between runs (restarting after a reload) keeps its route, answering 503.
+    fn retain(&self, bridges: &[BridgeSpec]) {
+        let wanted: HashSet<String> = bridges
+            .iter()
+            .filter_map(|bridge| {
+                super::common::kind::spec_of::<Webhook>(&bridge.source)
+                    .map(|spec| spec.hook_path(&bridge.name))
+            })
+            .collect();
+        self.routes
+            .write()
+            .expect("routes lock")
+            .retain(|path, _| wanted.contains(path));
     }
 }
 
@@ -778,8 +809,7 @@ pub(super) async fn connect(
 ) -> Result<Box<dyn Source>, SourceError> {
     let hub = context
         .listeners
-        .webhook
-        .clone()
+        .get_or_init(|config| Hub::new(config.webhook.clone()))
         .ok_or_else(|| SourceError::Connect("no webhook listener in this process".into()))?;
     hub.listening().await.map_err(|error| {
         SourceError::Connect(format!(
