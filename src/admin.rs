@@ -11,7 +11,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -216,10 +215,7 @@ pub async fn serve(config: &AdminConfig, shared: Arc<Shared>) -> std::io::Result
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         shared.registry.render(),
     )
 }
@@ -288,12 +284,7 @@ async fn bridges(State(shared): State<Arc<Shared>>) -> Json<Value> {
             let dead_lettered: serde_json::Map<String, Value> = RejectReason::ALL
                 .iter()
                 .enumerate()
-                .map(|(i, r)| {
-                    (
-                        r.label().to_owned(),
-                        json!(m.dead_lettered[i].load(Relaxed)),
-                    )
-                })
+                .map(|(i, r)| (r.label().to_owned(), json!(m.dead_lettered[i].get())))
                 .collect();
             json!({
                 "name": spec.name,
@@ -302,13 +293,13 @@ async fn bridges(State(shared): State<Arc<Shared>>) -> Json<Value> {
                 "routing_pattern": spec.routing_pattern(),
                 "status": view.status.snapshot(),
                 "counters": {
-                    "received": m.received.load(Relaxed),
-                    "published": m.published.load(Relaxed),
+                    "received": m.received.get(),
+                    "published": m.published.get(),
                     "dead_lettered": dead_lettered,
-                    "unroutable": m.unroutable.load(Relaxed),
-                    "publish_retries": m.publish_retries.load(Relaxed),
-                    "in_flight": m.in_flight.load(Relaxed),
-                    "restarts": m.restarts.load(Relaxed),
+                    "unroutable": m.unroutable.get(),
+                    "publish_retries": m.publish_retries.get(),
+                    "in_flight": m.in_flight.get(),
+                    "restarts": m.restarts.get(),
                 },
             })
         })

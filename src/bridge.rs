@@ -2,7 +2,6 @@
 //! unacknowledged, normalize, publish until confirmed, then ack. Reconnects forever.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -192,9 +191,9 @@ pub async fn supervise(bridge: Bridge) {
             Err(error) if error.is_panic() => panic_text(error.into_panic().as_ref()),
             Err(_) => return,
         };
-        metrics.up.store(0, Relaxed);
-        metrics.panics.fetch_add(1, Relaxed);
-        metrics.restarts.fetch_add(1, Relaxed);
+        metrics.up.set(0);
+        metrics.panics.inc();
+        metrics.restarts.inc();
         tracing::error!(bridge = %spec.name, %panic, "the bridge task panicked (a bug); starting it again after a backoff");
         status.update(|s| {
             s.state = State::Restarting;
@@ -267,7 +266,7 @@ async fn run(bridge: Bridge) {
             let error = match connected {
                 Ok(source) => {
                     let connected_at = Instant::now();
-                    metrics.up.store(1, Relaxed);
+                    metrics.up.set(1);
                     status.update(|s| {
                         s.state = State::Running;
                         s.last_error = None;
@@ -276,7 +275,7 @@ async fn run(bridge: Bridge) {
                     });
                     tracing::info!("source connected");
                     let result = pump(source, &shared, &permits, &mut tasks, &stop).await;
-                    metrics.up.store(0, Relaxed);
+                    metrics.up.set(0);
                     // Only a connection that held resets the backoff: one that fails at
                     // once (a message its client cannot parse, say) must not reconnect
                     // in a tight loop, nor look up most of the time.
@@ -291,7 +290,7 @@ async fn run(bridge: Bridge) {
                 Err(error) => error,
             };
             tracing::warn!(%error, "source failed; reconnecting");
-            metrics.restarts.fetch_add(1, Relaxed);
+            metrics.restarts.inc();
             status.update(|s| {
                 s.state = State::Reconnecting;
                 s.last_error = Some(error.to_string());
@@ -303,7 +302,7 @@ async fn run(bridge: Bridge) {
         }
         if shared.failed.is_cancelled() {
             let failure = shared.failure.lock().expect("failure lock").clone();
-            metrics.failed.store(1, Relaxed);
+            metrics.failed.set(1);
             status.update(|s| {
                 s.state = State::Failed;
                 s.last_error = failure;
@@ -313,7 +312,7 @@ async fn run(bridge: Bridge) {
             // changes (a reload restarts the bridge) or the daemon restarts.
             while tasks.join_next().await.is_some() {}
             stop.cancelled().await;
-            metrics.failed.store(0, Relaxed);
+            metrics.failed.set(0);
         }
         status.update(|s| s.state = State::Draining);
         let drained = tokio::time::timeout(spec.shutdown_timeout, async {
@@ -328,7 +327,7 @@ async fn run(bridge: Bridge) {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        metrics.up.store(0, Relaxed);
+        metrics.up.set(0);
         status.update(|s| {
             s.state = State::Stopped;
             s.connected_since = None;
@@ -393,8 +392,8 @@ async fn pump(
             _message: permit,
             _bytes: bytes,
         };
-        shared.metrics.received.fetch_add(1, Relaxed);
-        shared.metrics.in_flight.fetch_add(1, Relaxed);
+        shared.metrics.received.inc();
+        shared.metrics.in_flight.inc();
         let in_flight = InFlight(shared.metrics.clone());
         if Faults::holds(&shared.faults.in_bridge, &incoming.payload) {
             panic!("injected panic in the bridge task (BROKER_BRIDGE_PANIC_IN_BRIDGE)");
@@ -477,7 +476,7 @@ impl Message {
     /// Logs and counts a panic this message caused, and the rejection it becomes.
     fn caught(&self, panic: &(dyn std::any::Any + Send), shared: &Shared) -> Reject {
         let panic = panic_text(panic);
-        shared.metrics.panics.fetch_add(1, Relaxed);
+        shared.metrics.panics.inc();
         tracing::error!(
             id = self.meta.id.as_deref().unwrap_or("-"),
             subject = self.meta.subject.as_deref().unwrap_or("-"),
@@ -566,10 +565,7 @@ async fn deliver(
     }
     let dead_lettered = match &message.normalized {
         Ok(events) => {
-            shared
-                .metrics
-                .published
-                .fetch_add(events.len() as u64, Relaxed);
+            shared.metrics.published.inc_by(events.len() as u64);
             None
         }
         Err(reject) => {
@@ -611,7 +607,7 @@ async fn confirm_one(
             Ok(delivered) => break delivered,
             Err(error) if error.is_permanent() => return (publisher, Err(error)),
             Err(error) => {
-                shared.metrics.publish_retries.fetch_add(1, Relaxed);
+                shared.metrics.publish_retries.inc();
                 tracing::debug!(%error, "publish failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
                 let latest = current_publisher(&shared.publisher);
@@ -625,7 +621,7 @@ async fn confirm_one(
         }
     };
     if delivered == Delivered::Unroutable {
-        shared.metrics.unroutable.fetch_add(1, Relaxed);
+        shared.metrics.unroutable.inc();
         tracing::debug!(routing_key = %outbound.routing_key, "no queue bound for this routing key");
     }
     (publisher, Ok(()))
@@ -636,6 +632,6 @@ struct InFlight(Arc<BridgeMetrics>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0.in_flight.dec();
     }
 }

@@ -24,7 +24,6 @@ use std::convert::Infallible;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
@@ -99,7 +98,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        metrics.accepted.fetch_add(1, Relaxed);
+        metrics.accepted.inc();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.cut(Cut::Limit);
             if due(&mut warned_full) {
@@ -138,14 +137,14 @@ struct OpenConnection(&'static ListenerMetrics);
 
 impl OpenConnection {
     fn new(metrics: &'static ListenerMetrics) -> Self {
-        metrics.open.fetch_add(1, Relaxed);
+        metrics.open.inc();
         OpenConnection(metrics)
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
+        self.0.open.dec();
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -106,7 +105,7 @@ impl Supervisor {
         });
         registry
             .last_reload_success_seconds
-            .store(Utc::now().timestamp() as u64, Relaxed);
+            .set(Utc::now().timestamp());
         let mut supervisor = Supervisor {
             path: path.to_owned(),
             config: config.clone(),
@@ -176,11 +175,11 @@ impl Supervisor {
         }
         tracing::info!(%trigger, "config reloaded");
         self.apply(loaded.config).await;
-        self.shared.registry.reloads_success.fetch_add(1, Relaxed);
+        self.shared.registry.reloads_success.inc();
         self.shared
             .registry
             .last_reload_success_seconds
-            .store(Utc::now().timestamp() as u64, Relaxed);
+            .set(Utc::now().timestamp());
         let mut reload = self.shared.reload.lock().expect("reload lock");
         reload.last_error = None;
         reload.last_error_at = None;
@@ -190,7 +189,7 @@ impl Supervisor {
 
     fn refuse_reload(&self, trigger: &str, error: config::ConfigError) -> config::ConfigError {
         tracing::error!(%trigger, %error, "config reload failed; the running config stays");
-        self.shared.registry.reloads_failure.fetch_add(1, Relaxed);
+        self.shared.registry.reloads_failure.inc();
         let mut reload = self.shared.reload.lock().expect("reload lock");
         reload.last_error = Some(crate::secret::scrub(&error.to_string()));
         reload.last_error_at = Some(Utc::now());
@@ -305,7 +304,7 @@ impl Supervisor {
                 .get(&spec.name)
                 .map(|view| view.metrics.clone())
             {
-                metrics.restarts.fetch_add(1, Relaxed);
+                metrics.restarts.inc();
             }
             self.start_bridge(spec);
         }

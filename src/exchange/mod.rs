@@ -447,7 +447,7 @@ impl Manager {
                     backoff.reset();
                     *self.last_error.lock().expect("lock") = None;
                     self.connects.fetch_add(1, Relaxed);
-                    self.registry.exchange_up.store(1, Relaxed);
+                    self.registry.exchange_up.set(1);
                     tracing::info!(exchange = %self.config.name, "connected to the exchange");
                     let mut events = connection.events_listener();
                     self.sender.send_replace(Some(Current {
@@ -470,7 +470,7 @@ impl Manager {
                         }
                     };
                     self.sender.send_replace(None);
-                    self.registry.exchange_up.store(0, Relaxed);
+                    self.registry.exchange_up.set(0);
                     let _ = tokio::time::timeout(
                         std::time::Duration::from_secs(2),
                         connection.close(200, constant("broker-bridge reconnecting")),
@@ -493,7 +493,7 @@ impl Manager {
                 break;
             }
         }
-        self.registry.exchange_up.store(0, Relaxed);
+        self.registry.exchange_up.set(0);
     }
 
     async fn connect(&self) -> Result<(Connection, Channel), ConnectError> {

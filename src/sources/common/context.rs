@@ -150,9 +150,7 @@ impl SourceMetrics {
     pub fn set_lag(&self, lag: u64) {
         if let Some(metrics) = &self.0 {
             let lag = i64::try_from(lag).unwrap_or(i64::MAX);
-            metrics
-                .source_lag
-                .store(lag, std::sync::atomic::Ordering::Relaxed);
+            metrics.source_lag.set(lag);
         }
     }
 
@@ -160,18 +158,14 @@ impl SourceMetrics {
     /// control (core NATS) had no room for.
     pub fn drop_overflow(&self) {
         if let Some(metrics) = &self.0 {
-            metrics
-                .dropped_overflow
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.dropped_overflow.inc();
         }
     }
 
     /// `bridge_requests_duplicate_total`: a delivery answered without publishing again.
     pub fn count_duplicate(&self) {
         if let Some(metrics) = &self.0 {
-            metrics
-                .duplicates
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.duplicates.inc();
         }
     }
 
