@@ -157,7 +157,12 @@ mod tests {
                     stack.push(path);
                     continue;
                 }
-                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("short_string.rs") {
+                // A folder's unit tests in their own file (`<module>/tests.rs`) are
+                // fixtures too.
+                if path.extension().is_none_or(|e| e != "rs")
+                    || path.ends_with("short_string.rs")
+                    || path.ends_with("tests.rs")
+                {
                     continue;
                 }
                 let text = std::fs::read_to_string(&path).unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::conformance::{SourceUnderTest, bridge_table, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{
@@ -228,6 +228,9 @@ impl SourceUnderTest for Amqp {
     // a live consumer holds unacked (that needs the management API). The AMQP tests
     // below prove "nothing acked" by closing the consumer first: RabbitMQ then requeues
     // everything unacked and the ready count is the whole backlog.
+    async fn left_after_stop(&self) -> Option<u64> {
+        self.ready().await.map(u64::from)
+    }
     fn carries(&self) -> Carries {
         Carries {
             // No `max_id`: `message_id` is a short string, so no id over 255 bytes can be
@@ -285,40 +288,8 @@ impl SourceUnderTest for Amqp {
     }
 }
 
-#[tokio::test]
-async fn delivers_byte_exact_events() {
-    conformance::delivers_byte_exact(&Amqp::new().await).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going() {
-    let source = Amqp::new().await;
-    conformance::dead_letters_poison(&source).await;
-    eventually_async(Duration::from_secs(10), "poison acked too", || async {
-        source.ready().await == Some(0)
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic() {
-    conformance::metrics_match_traffic(&Amqp::new().await).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events() {
-    conformance::counts_unroutable(&Amqp::new().await).await;
-}
-
-#[tokio::test]
-async fn at_least_once_through_exchange_outage() {
-    conformance::at_least_once_through_exchange_outage(&Amqp::new().await).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_untouched_bridges_alone() {
-    conformance::reload_under_traffic(&Amqp::new().await).await;
-}
+// The shared contract (tests/common/conformance.rs).
+conformance_suite!(Amqp::new().await);
 
 /// Collects events from `queue` until every `{"n":N}` for N in 0..count arrived (or the
 /// deadline passes), checking that duplicates carry their first copy's id.
@@ -553,7 +524,7 @@ async fn a_changed_bridge_drains_and_acks_its_in_flight_messages() {
 /// channel closes with the last handle, and only what was never acked is requeued.
 #[tokio::test]
 async fn ack_handles_outlive_their_source() {
-    use broker_bridge::sources::{ConnectContext, amqp};
+    use broker_bridge::sources::{ConnectContext, SourceKind, amqp};
     let source = Amqp::new().await;
     let run = unique("m");
     for n in 0..3 {
@@ -566,7 +537,7 @@ async fn ack_handles_outlive_their_source() {
         "binding_keys": ["legacy.#"],
         "arguments": {"x-expires": EXPIRES_MS},
     });
-    let spec = amqp::AmqpSpec::parse(table.as_object().unwrap().clone()).unwrap();
+    let spec = <amqp::Amqp as SourceKind>::parse(table.as_object().unwrap().clone()).unwrap();
     let context = ConnectContext {
         bridge: "direct".into(),
         max_in_flight: 2,
@@ -1382,12 +1353,12 @@ async fn an_existing_queue_with_other_arguments_is_refused_and_kept() {
     // without changing anything, passes equal settings, and creates no missing queue.
     {
         use broker_bridge::message::SourceError;
-        use broker_bridge::sources::amqp;
+        use broker_bridge::sources::{SourceKind, amqp};
         let spec = |queue: &str, arguments: serde_json::Value| {
             let table = serde_json::json!({
                 "url": AMQP_URL, "queue": queue, "arguments": arguments,
             });
-            amqp::AmqpSpec::parse(table.as_object().unwrap().clone()).unwrap()
+            <amqp::Amqp as SourceKind>::parse(table.as_object().unwrap().clone()).unwrap()
         };
         let without = spec(&source.queue, serde_json::json!({"x-expires": EXPIRES_MS}));
         match amqp::verify_queue(&without, &bridge).await {

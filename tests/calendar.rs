@@ -1,7 +1,8 @@
-//! `kind = "calendar"` with the real daemon and RabbitMQ: ticks with their scheduled
-//! times and deterministic ids, exclusion dates, catch-up after a restart and after an
-//! exchange outage. The evaluator itself (cron, time zones, DST) is unit-tested in
-//! `src/sources/calendar.rs`, without waiting.
+//! `kind = "calendar"` with the real daemon and RabbitMQ: the shared contract with ticks
+//! as the messages, ticks with their scheduled times and deterministic ids, exclusion
+//! dates, catch-up after a restart and after an exchange outage. The evaluator itself
+//! (cron, time zones, DST) is unit-tested in `src/sources/calendar/tests.rs`, without
+//! waiting.
 #![cfg(feature = "calendar")]
 
 mod common;
@@ -10,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Timelike, Utc};
+use common::conformance::{SourceUnderTest, Ticks, conformance_suite};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, config_text, eventually, unique};
 use serde_json::{Value, json};
@@ -91,6 +93,65 @@ fn assert_consecutive(
     }
     (all[0], *all.last().unwrap())
 }
+
+/// A calendar bridge as the conformance checks drive it: nothing is sent to it; a check
+/// asks for ticks a second apart and gets a schedule that fires exactly then.
+struct Clock;
+
+impl SourceUnderTest for Clock {
+    fn kind(&self) -> &'static str {
+        "calendar"
+    }
+    fn at_least_once(&self) -> bool {
+        true
+    }
+    /// Ticks missed while the exchange is down come after it, late (not skipped).
+    fn bridge_keys(&self) -> String {
+        "catch_up = 100".into()
+    }
+    /// Ticks have no subject; their type is the calendar's own.
+    fn subject(&self) -> String {
+        "broker-bridge.calendar.tick".into()
+    }
+    fn expected_subject(&self) -> Option<String> {
+        None
+    }
+    async fn send(&self, _payload: &[u8], _headers: &[(&str, &str)]) {
+        unreachable!("nothing can be sent to a calendar bridge: the checks ask for `ticks`")
+    }
+    fn data_is_not_the_payload(&self) -> Option<&'static str> {
+        Some(
+            "nothing can be sent to a calendar bridge: a tick carries the bridge's own `data` (JSON from its config) or none",
+        )
+    }
+    /// A cron schedule in UTC of some seconds of one minute of one date (`5-14 7 9 22 11
+    /// *`): no tick before or after them but a year later. The ticks fit into one
+    /// minute, so the first may wait for the next minute.
+    fn ticks(&self, not_before: DateTime<Utc>, count: u64) -> Option<Ticks> {
+        let whole_second = not_before.timestamp() + i64::from(not_before.nanosecond() > 0);
+        let mut first = DateTime::from_timestamp(whole_second, 0).unwrap();
+        if u64::from(first.second()) + count > 60 {
+            first = first.with_second(0).unwrap() + TimeDelta::minutes(1);
+        }
+        let last = first + TimeDelta::seconds(count as i64 - 1);
+        let seconds = if count == 1 {
+            first.second().to_string()
+        } else {
+            format!("{}-{}", first.second(), last.second())
+        };
+        let keys = format!(
+            "schedule = \"{seconds} {} {} {} {} *\"",
+            first.minute(),
+            first.hour(),
+            first.day(),
+            first.month()
+        );
+        Some(Ticks { keys, first })
+    }
+}
+
+// The shared contract (tests/common/conformance.rs), with ticks as the messages.
+conformance_suite!(Clock);
 
 #[tokio::test]
 async fn interval_ticks_carry_their_scheduled_time_and_id() {

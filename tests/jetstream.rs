@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::conformance::{SourceUnderTest, bridge_table, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{Daemon, Rabbit, eventually, eventually_async, unique};
@@ -112,35 +112,8 @@ impl SourceUnderTest for JetStream {
     }
 }
 
-#[tokio::test]
-async fn delivers_byte_exact_events() {
-    conformance::delivers_byte_exact(&JetStream::new().await).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going() {
-    conformance::dead_letters_poison(&JetStream::new().await).await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic() {
-    conformance::metrics_match_traffic(&JetStream::new().await).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events() {
-    conformance::counts_unroutable(&JetStream::new().await).await;
-}
-
-#[tokio::test]
-async fn at_least_once_through_exchange_outage() {
-    conformance::at_least_once_through_exchange_outage(&JetStream::new().await).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_untouched_bridges_alone() {
-    conformance::reload_under_traffic(&JetStream::new().await).await;
-}
+// The shared contract (tests/common/conformance.rs).
+conformance_suite!(JetStream::new().await);
 
 /// A publish whose confirm is lost is published again after reconnecting, with the same
 /// id; the source is acked only after the second confirm.

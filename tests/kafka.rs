@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use base64::Engine;
-use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::conformance::{SourceUnderTest, bridge_table, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, eventually, eventually_async, unique};
@@ -267,35 +267,7 @@ impl SourceUnderTest for Kafka {
 
 // --- The shared conformance checks. ---
 
-#[tokio::test]
-async fn delivers_byte_exact_events() {
-    conformance::delivers_byte_exact(&Kafka::new(1).await).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going() {
-    conformance::dead_letters_poison(&Kafka::new(1).await).await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic() {
-    conformance::metrics_match_traffic(&Kafka::new(1).await).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events() {
-    conformance::counts_unroutable(&Kafka::new(1).await).await;
-}
-
-#[tokio::test]
-async fn at_least_once_through_exchange_outage() {
-    conformance::at_least_once_through_exchange_outage(&Kafka::new(1).await).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_untouched_bridges_alone() {
-    conformance::reload_under_traffic(&Kafka::new(1).await).await;
-}
+conformance_suite!(Kafka::new(1).await);
 
 // --- Helpers for the Kafka-specific tests. ---
 
@@ -935,8 +907,9 @@ async fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
     }
 }
 
-/// The line the source logs once it has subscribed.
-const SUBSCRIBED: &str = "kafka: subscribed";
+/// The line the source logs once it has subscribed (the message and its first field,
+/// whichever module of the kind logs it).
+const SUBSCRIBED: &str = ": subscribed group=";
 
 async fn wait_committed(topic: &str, group: &str) {
     eventually_async(
@@ -1430,7 +1403,7 @@ async fn start_latest_holds_across_a_restart_before_the_first_record() {
 #[tokio::test]
 async fn verify_position_refuses_a_new_group_that_would_skip_records() {
     use broker_bridge::message::SourceError;
-    use broker_bridge::sources::{ConnectContext, kafka};
+    use broker_bridge::sources::{ConnectContext, SourceKind, kafka};
     let topic = new_topic("kt").await;
     let producer = producer();
     let run = unique("r");
@@ -1440,7 +1413,7 @@ async fn verify_position_refuses_a_new_group_that_would_skip_records() {
         let table = serde_json::json!({
             "brokers": BROKERS, "topics": [&topic], "group_id": group, "start": start,
         });
-        kafka::KafkaSpec::parse(table.as_object().unwrap().clone()).unwrap()
+        <kafka::Kafka as SourceKind>::parse(table.as_object().unwrap().clone()).unwrap()
     };
     let context = ConnectContext {
         bridge: bridge.clone(),

@@ -1,9 +1,9 @@
-//! The layering of `src/`: no import cycle between its modules, and the lower layers
-//! import nothing above them. A module here is a top-level file or folder of `src/`
+//! The shape of `src/`: no import cycle between its modules, the lower layers import
+//! nothing above them, and no file grows past about 600 lines. A module here is a top-level file or folder of `src/`
 //! (`config`, `metrics`, `bridge`...), and under `src/sources/` each folder or file
 //! (`sources::kafka`, `sources::common`); the files inside one such module may use each
-//! other. Unit-test modules (`#[cfg(test)] mod tests`, at the end of a file) may reach
-//! upward and are not read.
+//! other. Unit-test modules (`#[cfg(test)] mod tests`, at the end of a file, or a
+//! folder's `tests.rs`) may reach upward and are not read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,7 +20,8 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        if relative == "lib.rs" || relative == "main.rs" {
+        // A folder's unit tests in their own file are a test module too.
+        if relative == "lib.rs" || relative == "main.rs" || relative.ends_with("/tests.rs") {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap();
@@ -226,5 +227,27 @@ fn lower_layers_import_nothing_above_them() {
         wrong.is_empty(),
         "imports against the layering:\n{}",
         wrong.join("\n")
+    );
+}
+
+/// One file, a few concerns: no file of `src/` over about 600 lines. A folder's unit
+/// tests in their own `tests.rs` may be longer, one contract to a file.
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    collect(&src, &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter(|file| !file.ends_with("tests.rs"))
+        .filter_map(|file| {
+            let lines = std::fs::read_to_string(file).unwrap().lines().count();
+            (lines > 600).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over 600 lines:\n{}",
+        long.join("\n")
     );
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::conformance::{SourceUnderTest, bridge_table, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, eventually, unique};
@@ -364,65 +364,8 @@ fn forget_session(client_id: &str) {
 
 // --- The shared conformance checks, for both protocol versions. ---
 
-#[tokio::test]
-async fn delivers_byte_exact_events_mqtt311() {
-    conformance::delivers_byte_exact(&Mqtt::new(Version::V311).await).await;
-}
-
-#[tokio::test]
-async fn delivers_byte_exact_events_mqtt5() {
-    conformance::delivers_byte_exact(&Mqtt::new(Version::V5).await).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going_mqtt311() {
-    conformance::dead_letters_poison(&Mqtt::new(Version::V311).await).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going_mqtt5() {
-    conformance::dead_letters_poison(&Mqtt::new(Version::V5).await).await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic_mqtt311() {
-    conformance::metrics_match_traffic(&Mqtt::new(Version::V311).await).await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic_mqtt5() {
-    conformance::metrics_match_traffic(&Mqtt::new(Version::V5).await).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events_mqtt311() {
-    conformance::counts_unroutable(&Mqtt::new(Version::V311).await).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events_mqtt5() {
-    conformance::counts_unroutable(&Mqtt::new(Version::V5).await).await;
-}
-
-#[tokio::test]
-async fn at_least_once_through_exchange_outage_mqtt311() {
-    conformance::at_least_once_through_exchange_outage(&Mqtt::new(Version::V311).await).await;
-}
-
-#[tokio::test]
-async fn at_least_once_through_exchange_outage_mqtt5() {
-    conformance::at_least_once_through_exchange_outage(&Mqtt::new(Version::V5).await).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_untouched_bridges_alone_mqtt311() {
-    conformance::reload_under_traffic(&Mqtt::new(Version::V311).await).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_untouched_bridges_alone_mqtt5() {
-    conformance::reload_under_traffic(&Mqtt::new(Version::V5).await).await;
-}
+conformance_suite!(mqtt311: Mqtt::new(Version::V311).await);
+conformance_suite!(mqtt5: Mqtt::new(Version::V5).await);
 
 // --- Helpers for the MQTT-specific tests. ---
 

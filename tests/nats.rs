@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::conformance::{self, SourceUnderTest, bridge_table};
+use common::conformance::{SourceUnderTest, bridge_table, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::{AMQP_URL, Daemon, Rabbit, unique};
 
@@ -80,37 +80,9 @@ impl SourceUnderTest for CoreNats {
     }
 }
 
-#[tokio::test]
-async fn delivers_byte_exact_events() {
-    conformance::delivers_byte_exact(&CoreNats::new()).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going() {
-    conformance::dead_letters_poison(&CoreNats::new()).await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic() {
-    conformance::metrics_match_traffic(&CoreNats::new()).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events() {
-    conformance::counts_unroutable(&CoreNats::new()).await;
-}
-
-/// Core NATS has no acks, but while the exchange is down the daemon stops taking
-/// messages and the client buffers them; a short outage loses nothing.
-#[tokio::test]
-async fn exchange_outage_stops_pulling_and_recovers() {
-    conformance::at_least_once_through_exchange_outage(&CoreNats::new()).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_untouched_bridges_alone() {
-    conformance::reload_under_traffic(&CoreNats::new()).await;
-}
+// The shared contract. Core NATS has no acks, but while the exchange is down the daemon
+// stops taking messages and the client buffers them: a short outage loses nothing.
+conformance_suite!(CoreNats::new());
 
 /// `Nats-Msg-Id` becomes the event id; binary-mode CloudEvent headers pass through.
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use common::conformance::SourceUnderTest;
+use common::conformance::{SourceUnderTest, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, Received, config_text, eventually, unique};
@@ -739,8 +739,8 @@ async fn a_bucket_edit_across_a_restart_publishes_every_object_of_the_new_bucket
     a_bucket_edit_starts_afresh(Edit::Restart).await;
 }
 
-/// A bucket as the poison corpus drives it: each message becomes an object, under the
-/// message's id as its key when it has one.
+/// A bucket as the conformance checks and the poison corpus drive it: each message
+/// becomes an object, under the message's id as its key when it has one.
 struct Objects {
     s3: aws_sdk_s3::Client,
     bucket: String,
@@ -792,9 +792,26 @@ impl SourceUnderTest for Objects {
     fn subject(&self) -> String {
         "poison/".into()
     }
+    /// Writes an object; a JSON payload as `application/json`, as a client would label
+    /// it, so that the event inlines it as JSON (`payload_in`).
     async fn send(&self, payload: &[u8], _headers: &[(&str, &str)]) {
-        self.put_object(&format!("poison/{}", unique("object")), payload, None)
-            .await;
+        let content_type = serde_json::from_slice::<Value>(payload)
+            .is_ok()
+            .then_some("application/json");
+        self.put_object(
+            &format!("poison/{}", unique("object")),
+            payload,
+            content_type,
+        )
+        .await;
+    }
+    fn data_is_not_the_payload(&self) -> Option<&'static str> {
+        Some(
+            "an event describes the object (key, size, ETag, the body inlined as JSON, text or base64): the bytes written are not its data, and a body that is not JSON is described, not dead-lettered (the poison corpus covers descriptions over max_message_bytes)",
+        )
+    }
+    fn payload_in<'e>(&self, event: &'e Value) -> &'e Value {
+        &event["data"]["body"]
     }
     fn carries(&self) -> Carries {
         Carries {
@@ -823,6 +840,10 @@ impl SourceUnderTest for Objects {
         }
     }
 }
+
+// The shared contract (tests/common/conformance.rs), with the objects' inlined bodies as
+// the messages.
+conformance_suite!(Objects::new().await);
 
 /// The poison corpus (issue 13) through object keys and metadata: keys that make the
 /// derived id longer than 255 bytes (published under a `sha256:` id with `originalid`),

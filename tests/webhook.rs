@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::conformance::{self, SourceUnderTest};
+use common::conformance::{SourceUnderTest, conformance_suite};
 use common::poison::{self, Carries, PoisonMessage, Sent};
 use common::proxy::Proxy;
 use common::{AMQP_URL, Daemon, Rabbit, eventually, free_port, http_request, unique};
@@ -163,35 +163,8 @@ impl SourceUnderTest for Hook {
     }
 }
 
-#[tokio::test]
-async fn delivers_byte_exact_events() {
-    conformance::delivers_byte_exact(&Hook::new()).await;
-}
-
-#[tokio::test]
-async fn dead_letters_poison_and_keeps_going() {
-    conformance::dead_letters_poison(&Hook::new()).await;
-}
-
-#[tokio::test]
-async fn metrics_match_traffic() {
-    conformance::metrics_match_traffic(&Hook::new()).await;
-}
-
-#[tokio::test]
-async fn counts_unroutable_events() {
-    conformance::counts_unroutable(&Hook::new()).await;
-}
-
-#[tokio::test]
-async fn at_least_once_through_exchange_outage() {
-    conformance::at_least_once_through_exchange_outage(&Hook::new()).await;
-}
-
-#[tokio::test]
-async fn reload_under_traffic_leaves_the_busy_bridge_alone() {
-    conformance::reload_under_traffic(&Hook::new()).await;
-}
+// The shared contract (tests/common/conformance.rs).
+conformance_suite!(Hook::new());
 
 // ---------------------------------------------------------------------------------------
 // What is special about webhooks.

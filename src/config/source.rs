@@ -84,8 +84,11 @@ pub trait KindCatalog: Sync {
     fn parse(&self, kind: &str, table: Map<String, Value>) -> Result<SourceSpec, String>;
     /// Keys that hold a secret (and may be given as `<key>_file`), over every kind.
     fn secret_keys(&self) -> Vec<&'static str>;
-    /// Every kind-specific key, for the test that `config.example.toml` documents them.
+    /// Every key of the documented kinds, for the test that `config.example.toml`
+    /// documents them.
     fn accepted_keys(&self) -> Vec<&'static str>;
+    /// The kinds `config.example.toml` must show (all but test-only ones).
+    fn documented_names(&self) -> Vec<&'static str>;
     /// Checks across bridges: `Err((bridge, message))` names the bridge at fault.
     fn check_bridges(&self, bridges: &[BridgeSpec]) -> Result<(), (String, String)>;
 }

@@ -5,21 +5,21 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation};
 use sha2::Digest;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::cloudevent::{CloudEvent, STRUCTURED_CONTENT_TYPE_UTF8};
 use crate::config::{ContentMode, ExchangeConfig};
 use crate::metrics::Registry;
 use crate::short_string::{BINARY_HEADER_PREFIX, TooLong, constant, cut, lower_hex, short_string};
+
+mod connection;
+
+use connection::Manager;
 
 /// A value `normalize` should have kept within bounds but did not: logged, left out.
 fn fitting(checked: Result<ShortString, TooLong>) -> Option<ShortString> {
@@ -410,195 +410,7 @@ impl Drop for Publisher {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ConnectError {
-    #[error(transparent)]
-    Amqp(#[from] lapin::Error),
-    #[error("no answer from the broker within {0:?}")]
-    Timeout(std::time::Duration),
-}
-
-struct Manager {
-    config: ExchangeConfig,
-    sender: watch::Sender<Option<Current>>,
-    broken: Arc<(AtomicU64, Notify)>,
-    cancel: CancellationToken,
-    last_error: Arc<Mutex<Option<String>>>,
-    connects: Arc<AtomicU64>,
-    registry: Arc<Registry>,
-}
-
-impl Manager {
-    async fn run(self) {
-        let mut backoff = Backoff::new(self.config.backoff.clone());
-        let mut generation = 0u64;
-        loop {
-            // A broker that accepts TCP but never answers must not hang us: the connect
-            // is bounded by confirm_timeout too.
-            let timeout = self.config.confirm_timeout;
-            let attempt = tokio::select! {
-                result = tokio::time::timeout(timeout, self.connect()) => result
-                    .unwrap_or_else(|_| Err(ConnectError::Timeout(timeout))),
-                _ = self.cancel.cancelled() => break,
-            };
-            match attempt {
-                Ok((connection, channel)) => {
-                    generation += 1;
-                    backoff.reset();
-                    *self.last_error.lock().expect("lock") = None;
-                    self.connects.fetch_add(1, Relaxed);
-                    self.registry.exchange_up.set(1);
-                    tracing::info!(exchange = %self.config.name, "connected to the exchange");
-                    let mut events = connection.events_listener();
-                    self.sender.send_replace(Some(Current {
-                        generation,
-                        channel: channel.clone(),
-                    }));
-                    let reason = loop {
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => break None,
-                            _ = self.broken.1.notified() => {
-                                if self.broken.0.load(Relaxed) >= generation {
-                                    break Some("a publish failed on this connection".to_string());
-                                }
-                            }
-                            event = events.next() => match event {
-                                Some(lapin::Event::Error(error)) => break Some(error.to_string()),
-                                None => break Some("connection closed".to_string()),
-                                Some(_) => {}
-                            },
-                        }
-                    };
-                    self.sender.send_replace(None);
-                    self.registry.exchange_up.set(0);
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(2),
-                        connection.close(200, constant("broker-bridge reconnecting")),
-                    )
-                    .await;
-                    match reason {
-                        None => break,
-                        Some(reason) => {
-                            tracing::warn!(exchange = %self.config.name, %reason, "exchange connection lost; reconnecting");
-                            *self.last_error.lock().expect("lock") = Some(reason);
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(exchange = %self.config.name, %error, "cannot connect to the exchange; retrying");
-                    *self.last_error.lock().expect("lock") = Some(error.to_string());
-                }
-            }
-            if !backoff.wait(&self.cancel).await {
-                break;
-            }
-        }
-        self.registry.exchange_up.set(0);
-    }
-
-    async fn connect(&self) -> Result<(Connection, Channel), ConnectError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(LongString::from("broker-bridge"));
-        let connection = Connection::connect(self.config.url.expose(), properties).await?;
-        let setup = async {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            declare(&channel, &self.config.name, &self.config).await?;
-            if let Some(deadletter) = &self.config.deadletter {
-                declare(&channel, deadletter, &self.config).await?;
-            }
-            Ok::<_, lapin::Error>(channel)
-        };
-        match setup.await {
-            Ok(channel) => Ok((connection, channel)),
-            Err(error) => {
-                let _ = connection.close(200, constant("setup failed")).await;
-                Err(error.into())
-            }
-        }
-    }
-}
-
-async fn declare(
-    channel: &Channel,
-    name: &str,
-    config: &ExchangeConfig,
-) -> Result<(), lapin::Error> {
-    let mut arguments = FieldTable::default();
-    if let Some(alternate) = &config.alternate_exchange {
-        arguments.insert(
-            constant("alternate-exchange"),
-            AMQPValue::LongString(LongString::from(alternate.as_str())),
-        );
-    }
-    // Exchange names are checked when the config is loaded.
-    let name = short_string("the exchange name", name)
-        .map_err(|e| lapin::Error::from(std::io::Error::other(e)))?;
-    channel
-        .exchange_declare(
-            name,
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: config.durable,
-                passive: !config.declare,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header(outbound: &Outbound, name: &str) -> Option<String> {
-        match outbound.properties.headers().as_ref()?.inner().get(name)? {
-            AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into()),
-            _ => None,
-        }
-    }
-
-    #[tokio::test]
-    async fn dead_letters_always_fit() {
-        let publisher = Publisher::start(
-            ExchangeConfig {
-                // Nothing listens there: encoding needs no connection.
-                url: "amqp://127.0.0.1:1/%2f".into(),
-                ..Default::default()
-            },
-            Arc::new(Registry::default()),
-        );
-        let detail = "é".repeat(3000);
-        let subject = "s".repeat(70_000);
-        let letter = |payload: &[u8], sample_bytes| DeadLetter {
-            routing_key: "deadletter.acme.orders".into(),
-            payload: bytes::Bytes::copy_from_slice(payload),
-            content_type: Some("application/x-long-content-type-that-does-not-fit"),
-            bridge: "orders",
-            reason: "too_large",
-            detail: &detail,
-            subject: Some(&subject),
-            sample_bytes,
-        };
-        let out = publisher.deadletter_message(letter(b"abc", usize::MAX));
-        let error = header(&out, ERROR_HEADER).unwrap();
-        assert!(error.len() <= MAX_DEADLETTER_HEADER_BYTES && error.ends_with('…'));
-        assert!(header(&out, SUBJECT_HEADER).unwrap().len() <= MAX_DEADLETTER_HEADER_BYTES);
-        assert_eq!(&out.body[..], b"abc", "a small payload travels whole");
-        assert_eq!(header(&out, TRUNCATED_HEADER), None);
-
-        let big = vec![7u8; 10_000];
-        let out = publisher.deadletter_message(letter(&big, 100));
-        assert_eq!(out.body.len(), 100);
-        assert_eq!(header(&out, ORIGINAL_SIZE_HEADER).as_deref(), Some("10000"));
-        assert_eq!(
-            header(&out, ORIGINAL_SHA256_HEADER).map(|h| h.len()),
-            Some(64)
-        );
-        assert_eq!(header(&out, TRUNCATED_HEADER).as_deref(), Some("true"));
-        publisher.shutdown();
-    }
-}
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

@@ -78,10 +78,18 @@ impl KindCatalog for Registry {
 
     fn accepted_keys(&self) -> Vec<&'static str> {
         let mut keys = crate::config::fields::names::<crate::config::TlsOptions>().to_vec();
-        for kind in self.0 {
+        for kind in self.0.iter().filter(|kind| kind.documented()) {
             keys.extend(kind.accepted_keys());
         }
         keys
+    }
+
+    fn documented_names(&self) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .filter(|kind| kind.documented())
+            .map(|kind| kind.name())
+            .collect()
     }
 
     fn check_bridges(&self, bridges: &[BridgeSpec]) -> Result<(), (String, String)> {

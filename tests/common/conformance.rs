@@ -1,11 +1,14 @@
 //! The contract checks every source kind must pass (DESIGN.md "Delivery contract" and
-//! "CloudEvent mapping rules"). A kind's test file implements `SourceUnderTest` and calls
-//! these; it adds only what is special about the kind.
+//! "CloudEvent mapping rules"). A kind's test file implements `SourceUnderTest` and runs
+//! them all with one line, `conformance_suite!(...)`; it adds only what is special about
+//! the kind. A check that cannot apply to a kind (the kind says why through
+//! `SourceUnderTest`) says so in the test's output instead of passing silently.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use cloudevents::AttributesReader;
 
 use super::poison::{Carries, PoisonMessage, Sent};
@@ -70,7 +73,213 @@ pub trait SourceUnderTest {
         self.send(&message.payload, &message.text_headers()).await;
         Sent::default()
     }
+    /// Why events do not carry the bytes sent as their data, for a kind whose events do
+    /// not (S3 events describe objects; calendar ticks carry the bridge's own `data`). The
+    /// checks of byte-exact data and of poison payloads then skip, saying why.
+    fn data_is_not_the_payload(&self) -> Option<&'static str> {
+        None
+    }
+    /// Where a sent JSON payload is in its event: `data`, or where the kind puts it (S3:
+    /// the inlined body of the object's description).
+    fn payload_in<'e>(&self, event: &'e serde_json::Value) -> &'e serde_json::Value {
+        &event["data"]
+    }
+    /// For a kind whose messages are not sent but made by the bridge on a schedule
+    /// (calendar): `count` ticks one second apart, the first at `not_before` or later.
+    /// None (the default): messages are sent with `send`.
+    fn ticks(&self, _not_before: DateTime<Utc>, _count: u64) -> Option<Ticks> {
+        None
+    }
+    /// Messages the source would deliver again once the daemon is gone (an AMQP queue's
+    /// ready count: RabbitMQ requeues what a dead consumer left unacked), where the source
+    /// can tell.
+    async fn left_after_stop(&self) -> Option<u64> {
+        None
+    }
 }
+
+/// A schedule of ticks a check asked a kind for (`SourceUnderTest::ticks`).
+pub struct Ticks {
+    /// The bridge keys that make them.
+    pub keys: String,
+    /// The scheduled time of the first; the others follow a second apart.
+    pub first: DateTime<Utc>,
+}
+
+/// Ticks come one a second: a check that would send more messages takes this many ticks.
+const MAX_TICKS: u64 = 10;
+
+/// The numbered messages `0..count` of a check: `{"n":N}` sent by an independent client,
+/// or, for a kind that makes its messages on a schedule, ticks a second apart, numbered
+/// by their scheduled second.
+struct Numbered {
+    count: u64,
+    /// The first tick's time, for a kind that ticks.
+    first_tick: Option<DateTime<Utc>>,
+    /// Bridge keys the messages need (the ticks' schedule).
+    keys: String,
+}
+
+impl Numbered {
+    /// `count` messages; ticks begin at least `lead` from now, so that the daemon is up
+    /// (and the check has done what must come first) before the first.
+    fn plan<S: SourceUnderTest>(source: &S, count: u64, lead: Duration) -> Numbered {
+        let count_ticks = count.min(MAX_TICKS);
+        let not_before = Utc::now() + lead;
+        match source.ticks(not_before, count_ticks) {
+            None => Numbered {
+                count,
+                first_tick: None,
+                keys: String::new(),
+            },
+            Some(ticks) => {
+                assert!(
+                    ticks.first >= not_before,
+                    "ticks asked for from {not_before}"
+                );
+                Numbered {
+                    count: count_ticks,
+                    first_tick: Some(ticks.first),
+                    keys: ticks.keys,
+                }
+            }
+        }
+    }
+
+    /// The bridge's `extra` lines with the keys the messages need.
+    fn with_keys(&self, extra: &str) -> String {
+        format!("{}\n{extra}", self.keys)
+    }
+
+    /// Sends every message, `pace` apart; for ticks, waits until the last is due.
+    async fn produce<S: SourceUnderTest>(&self, source: &S, pace: Duration) {
+        match self.first_tick {
+            None => {
+                for n in 0..self.count {
+                    source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
+                    if !pace.is_zero() {
+                        tokio::time::sleep(pace).await;
+                    }
+                }
+            }
+            Some(first) => {
+                let last = first + chrono::TimeDelta::seconds(self.count as i64 - 1);
+                if let Ok(left) = (last - Utc::now()).to_std() {
+                    tokio::time::sleep(left).await;
+                }
+            }
+        }
+    }
+
+    /// Asserts that no tick is due yet: what the check did so far (`done`) came before
+    /// the traffic. Sent messages are only sent later anyway.
+    fn assert_not_begun(&self, done: &str) {
+        if let Some(first) = self.first_tick {
+            let now = Utc::now();
+            assert!(
+                now < first,
+                "{done} only at {now}, after the first tick ({first}): the daemon was slow, try again"
+            );
+        }
+    }
+
+    /// The number of an event made from one of the messages.
+    fn number<S: SourceUnderTest>(&self, source: &S, event: &serde_json::Value) -> u64 {
+        match self.first_tick {
+            None => source.payload_in(event)["n"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a {{\"n\":N}} event: {event}")),
+            Some(first) => {
+                let time = event["time"].as_str().expect("a tick has its time");
+                let time = DateTime::parse_from_rfc3339(time).unwrap();
+                let n = (time.with_timezone(&Utc) - first).num_seconds();
+                assert!(
+                    u64::try_from(n).is_ok_and(|n| n < self.count),
+                    "a tick outside the check's {} from {first}: {event}",
+                    self.count
+                );
+                n as u64
+            }
+        }
+    }
+
+    /// The numbers of the events, checking that duplicates (redeliveries) carry the id of
+    /// their first copy.
+    fn with_stable_ids<S: SourceUnderTest>(
+        &self,
+        source: &S,
+        received: &[Received],
+    ) -> HashSet<u64> {
+        let mut ids = std::collections::HashMap::new();
+        for event in received {
+            let json = event.json();
+            let n = self.number(source, &json);
+            let id = json["id"].as_str().unwrap().to_owned();
+            let first = ids.entry(n).or_insert_with(|| id.clone());
+            assert_eq!(*first, id, "a redelivery of message {n} got another id");
+        }
+        ids.into_keys().collect()
+    }
+
+    fn all(&self) -> HashSet<u64> {
+        (0..self.count).collect()
+    }
+}
+
+/// Says in the test's output that `check` does not apply to the kind, and why.
+fn skipped<S: SourceUnderTest>(check: &str, source: &S, reason: &str) {
+    eprintln!("{check}: skipped for {}: {reason}", source.kind());
+}
+
+/// The whole contract, one `#[tokio::test]` per check, for the source the expression
+/// makes (afresh in each test): `conformance_suite!(Kafka::new(1).await);`. A kind tested
+/// in several variants names each, and gets a module of tests per variant:
+/// `conformance_suite!(mqtt5: Mqtt::new(Version::V5).await);` makes
+/// `mqtt5::delivers_byte_exact_events` and so on.
+// Test crates that include `common` without testing a kind leave it unused.
+#[allow(unused_macros)]
+macro_rules! conformance_suite {
+    ($variant:ident: $source:expr) => {
+        mod $variant {
+            use super::*;
+
+            $crate::common::conformance::conformance_suite!($source);
+        }
+    };
+    ($source:expr) => {
+        #[tokio::test]
+        async fn delivers_byte_exact_events() {
+            $crate::common::conformance::delivers_byte_exact(&$source).await;
+        }
+
+        #[tokio::test]
+        async fn dead_letters_poison_and_keeps_going() {
+            $crate::common::conformance::dead_letters_poison(&$source).await;
+        }
+
+        #[tokio::test]
+        async fn metrics_match_traffic() {
+            $crate::common::conformance::metrics_match_traffic(&$source).await;
+        }
+
+        #[tokio::test]
+        async fn counts_unroutable_events() {
+            $crate::common::conformance::counts_unroutable(&$source).await;
+        }
+
+        #[tokio::test]
+        async fn at_least_once_through_exchange_outage() {
+            $crate::common::conformance::at_least_once_through_exchange_outage(&$source).await;
+        }
+
+        #[tokio::test]
+        async fn reload_under_traffic_leaves_untouched_bridges_alone() {
+            $crate::common::conformance::reload_under_traffic(&$source).await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use conformance_suite;
 
 /// A `[[bridge]]` table: common keys, the kind's keys, and `extra` lines.
 pub fn bridge_table<S: SourceUnderTest>(source: &S, name: &str, extra: &str) -> String {
@@ -150,6 +359,10 @@ pub fn assert_event_matches(
 /// Messages sent with an independent client arrive on a queue bound to the exchange, with
 /// the right routing key, valid attributes and byte-exact data.
 pub async fn delivers_byte_exact<S: SourceUnderTest>(source: &S) {
+    if let Some(reason) = source.data_is_not_the_payload() {
+        skipped("delivers_byte_exact", source, reason);
+        return;
+    }
     let rabbit = Rabbit::connect().await;
     let exchange = unique("ex");
     let bridge = unique("b");
@@ -182,6 +395,10 @@ pub async fn delivers_byte_exact<S: SourceUnderTest>(source: &S) {
 
 /// Poison input goes to the dead-letter route with its reason; the bridge keeps going.
 pub async fn dead_letters_poison<S: SourceUnderTest>(source: &S) {
+    if let Some(reason) = source.data_is_not_the_payload() {
+        skipped("dead_letters_poison", source, reason);
+        return;
+    }
     let rabbit = Rabbit::connect().await;
     let exchange = unique("ex");
     let bridge = unique("b");
@@ -269,6 +486,14 @@ pub async fn dead_letters_poison<S: SourceUnderTest>(source: &S) {
         metrics.bridge("bridge_messages_received_total", &bridge, kind),
         Some(2.0 + oversized)
     );
+
+    // Dead-lettered messages were acked like the good one: with the daemon gone, the
+    // source has nothing to deliver again.
+    drop(daemon);
+    super::eventually_async(Duration::from_secs(10), "poison acked too", || async {
+        source.left_after_stop().await.is_none_or(|left| left == 0)
+    })
+    .await;
 }
 
 /// Every series exists at 0 from bridge start; counters match what was sent.
@@ -279,10 +504,11 @@ pub async fn metrics_match_traffic<S: SourceUnderTest>(source: &S) {
     let queue = rabbit
         .bind(&exchange, &format!("event.acme.{bridge}.#"))
         .await;
+    let messages = Numbered::plan(source, 25, Duration::from_secs(4));
     let daemon = Daemon::start(
         super::AMQP_URL,
         &exchange,
-        &bridge_table(source, &bridge, ""),
+        &bridge_table(source, &bridge, &messages.with_keys("")),
     )
     .await;
     daemon.wait_ready().await;
@@ -313,11 +539,10 @@ pub async fn metrics_match_traffic<S: SourceUnderTest>(source: &S) {
             .unwrap()
             > 0.0
     );
+    messages.assert_not_begun("the series before the traffic were read");
 
-    let sent = 25;
-    for n in 0..sent {
-        source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
-    }
+    messages.produce(source, Duration::ZERO).await;
+    let sent = messages.count as usize;
     let received = rabbit
         .take_exactly(&queue, sent, Duration::from_secs(20))
         .await;
@@ -355,14 +580,15 @@ pub async fn metrics_match_traffic<S: SourceUnderTest>(source: &S) {
 pub async fn counts_unroutable<S: SourceUnderTest>(source: &S) {
     let exchange = unique("ex");
     let bridge = unique("b");
+    let lonely = Numbered::plan(source, 1, Duration::from_secs(2));
     let daemon = Daemon::start(
         super::AMQP_URL,
         &exchange,
-        &bridge_table(source, &bridge, ""),
+        &bridge_table(source, &bridge, &lonely.with_keys("")),
     )
     .await;
     daemon.wait_ready().await;
-    source.send(b"{\"lonely\":1}", &[]).await;
+    lonely.produce(source, Duration::ZERO).await;
     let kind = source.kind();
     super::eventually(Duration::from_secs(10), "unroutable counted", || {
         daemon
@@ -379,20 +605,6 @@ pub async fn counts_unroutable<S: SourceUnderTest>(source: &S) {
     );
 }
 
-/// The `n` of each `{"n":N}` event, checking that duplicates (redeliveries) carry the
-/// id of their first copy.
-fn numbers_with_stable_ids(received: &[Received]) -> HashSet<u64> {
-    let mut ids = std::collections::HashMap::new();
-    for event in received {
-        let json = event.json();
-        let n = json["data"]["n"].as_u64().expect("a {\"n\":N} event");
-        let id = json["id"].as_str().unwrap().to_owned();
-        let first = ids.entry(n).or_insert_with(|| id.clone());
-        assert_eq!(*first, id, "a redelivery of message {n} got another id");
-    }
-    ids.into_keys().collect()
-}
-
 /// With the exchange unreachable (a proxy of the test's own is cut) nothing is acked and
 /// pulling stops within max_in_flight; once it is back, every message arrives.
 pub async fn at_least_once_through_exchange_outage<S: SourceUnderTest>(source: &S) {
@@ -403,7 +615,8 @@ pub async fn at_least_once_through_exchange_outage<S: SourceUnderTest>(source: &
         .bind(&exchange, &format!("event.acme.{bridge}.#"))
         .await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let table = bridge_table(source, &bridge, "max_in_flight = 10");
+    let messages = Numbered::plan(source, 30, Duration::from_secs(6));
+    let table = bridge_table(source, &bridge, &messages.with_keys("max_in_flight = 10"));
     let daemon = Daemon::start(&proxy.amqp_url(), &exchange, &table).await;
     daemon.wait_ready().await;
     let kind = source.kind();
@@ -413,10 +626,9 @@ pub async fn at_least_once_through_exchange_outage<S: SourceUnderTest>(source: &
         daemon.metrics().get("bridge_exchange_up", &[]) == Some(0.0)
     })
     .await;
-    let sent = 30u64;
-    for n in 0..sent {
-        source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
-    }
+    messages.assert_not_begun("the exchange was seen down");
+    messages.produce(source, Duration::ZERO).await;
+    let sent = messages.count;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = daemon.metrics();
     assert_eq!(
@@ -446,8 +658,8 @@ pub async fn at_least_once_through_exchange_outage<S: SourceUnderTest>(source: &
         .take_exactly(&queue, sent as usize, Duration::from_secs(30))
         .await;
     assert_eq!(
-        numbers_with_stable_ids(&received),
-        (0..sent).collect(),
+        messages.with_stable_ids(source, &received),
+        messages.all(),
         "every message arrives; log: {}",
         daemon.log()
     );
@@ -482,7 +694,8 @@ pub async fn reload_under_traffic<S: SourceUnderTest>(source: &S) {
     let queue = rabbit
         .bind(&exchange, &format!("event.acme.{steady}.#"))
         .await;
-    let steady_table = bridge_table(source, &steady, "");
+    let messages = Numbered::plan(source, 150, Duration::from_secs(2));
+    let steady_table = bridge_table(source, &steady, &messages.with_keys(""));
     let other_subject = format!("{}.other", unique("t").replace('-', "_"));
     let other_table = |tenant: &str| {
         format!(
@@ -500,14 +713,10 @@ pub async fn reload_under_traffic<S: SourceUnderTest>(source: &S) {
             .unwrap()
     };
 
-    // The steady stream: 150 messages over about 6 seconds, while the config changes.
-    let total = 150u64;
-    let steady_stream = async {
-        for n in 0..total {
-            source.send(format!("{{\"n\":{n}}}").as_bytes(), &[]).await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    };
+    // The steady stream while the config changes: 150 messages over about 6 seconds
+    // (ticks: one a second).
+    let total = messages.count;
+    let steady_stream = messages.produce(source, Duration::from_millis(40));
     let reconfigure = async {
         // Add by editing the file.
         daemon.write_bridges(&format!("{steady_table}\n{}", other_table("acme")));
@@ -556,8 +765,8 @@ pub async fn reload_under_traffic<S: SourceUnderTest>(source: &S) {
         .take_exactly(&queue, total as usize, Duration::from_secs(30))
         .await;
     assert_eq!(
-        numbers_with_stable_ids(&received),
-        (0..total).collect(),
+        messages.with_stable_ids(source, &received),
+        messages.all(),
         "the untouched bridge delivered every message"
     );
     assert_eq!(received.len() as u64, total, "and nothing twice");

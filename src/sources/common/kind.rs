@@ -18,6 +18,9 @@ pub trait SourceKind: Send + Sync + 'static {
     const NAME: &'static str;
     /// Keys of this kind that hold secrets; each may also be given as `<key>_file`.
     const SECRET_KEYS: &'static [&'static str] = &[];
+    /// Whether `config.example.toml` documents the kind (and the test insists); false
+    /// only for kinds that exist for the test suite.
+    const DOCUMENTED: bool = true;
     /// The kind's settings: plain data, compared whole to decide whether a reload
     /// restarts the bridge.
     type Spec: std::fmt::Debug + Clone + PartialEq + Serialize + Send + Sync + 'static;
@@ -118,6 +121,7 @@ pub fn spec_of<K: SourceKind>(spec: &SourceSpec) -> Option<&K::Spec> {
 #[async_trait]
 pub trait RegisteredKind: Sync {
     fn name(&self) -> &'static str;
+    fn documented(&self) -> bool;
     fn secret_keys(&self) -> &'static [&'static str];
     fn accepted_keys(&self) -> Vec<&'static str>;
     fn parse(&self, table: Map<String, Value>) -> Result<SourceSpec, String>;
@@ -153,6 +157,10 @@ impl<K: SourceKind> Entry<K> {
 impl<K: SourceKind> RegisteredKind for Entry<K> {
     fn name(&self) -> &'static str {
         K::NAME
+    }
+
+    fn documented(&self) -> bool {
+        K::DOCUMENTED
     }
 
     fn secret_keys(&self) -> &'static [&'static str] {

@@ -1,7 +1,7 @@
 //! Runs the bridges of a config: starts them, reloads on file change or SIGHUP (diff by
 //! bridge name), swaps the publisher when `[exchange]` changes, and drains on SIGTERM.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -253,49 +253,33 @@ impl Supervisor {
         if new.webhook != self.config.webhook {
             tracing::warn!("[webhook] changed: it takes effect after a restart");
         }
-        let wanted: BTreeMap<&str, &BridgeSpec> =
-            new.bridges.iter().map(|b| (b.name.as_str(), b)).collect();
-        let mut to_stop = Vec::new();
-        let mut to_start = Vec::new();
-        for (name, running) in &self.running {
-            match wanted.get(name.as_str()) {
-                None => to_stop.push(name.clone()),
-                Some(spec) if **spec != running.spec => {
-                    to_stop.push(name.clone());
-                    to_start.push((*spec).clone());
-                }
-                Some(_) => {}
-            }
-        }
-        for spec in &new.bridges {
-            if !self.running.contains_key(&spec.name) {
-                to_start.push(spec.clone());
-            }
-        }
-        let restarted: Vec<&str> = to_start
-            .iter()
-            .filter(|s| self.running.contains_key(&s.name))
-            .map(|s| s.name.as_str())
-            .collect();
+        let plan = reload_plan(
+            self.running.values().map(|running| &running.spec),
+            &new.bridges,
+        );
         tracing::info!(
-            stopped = ?to_stop.iter().filter(|n| !restarted.contains(&n.as_str())).collect::<Vec<_>>(),
-            restarted = ?restarted,
-            started = ?to_start.iter().filter(|s| !self.running.contains_key(&s.name)).map(|s| &s.name).collect::<Vec<_>>(),
+            stopped = ?plan.stop,
+            restarted = ?plan.restart.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            started = ?plan.start.iter().map(|s| &s.name).collect::<Vec<_>>(),
             "applying the new config"
         );
-        self.stop_bridges(&to_stop).await;
-        for name in &to_stop {
-            if !wanted.contains_key(name.as_str()) {
-                self.shared
-                    .bridges
-                    .write()
-                    .expect("bridges lock")
-                    .remove(name);
-                self.shared.registry.remove_bridge(name);
-            }
+        let stopping: Vec<String> = plan
+            .stop
+            .iter()
+            .cloned()
+            .chain(plan.restart.iter().map(|spec| spec.name.clone()))
+            .collect();
+        self.stop_bridges(&stopping).await;
+        for name in &plan.stop {
+            self.shared
+                .bridges
+                .write()
+                .expect("bridges lock")
+                .remove(name);
+            self.shared.registry.remove_bridge(name);
         }
         self.listeners.retain(&new.bridges);
-        for spec in to_start {
+        for spec in plan.restart.into_iter().chain(plan.start) {
             if let Some(metrics) = self
                 .shared
                 .bridges
@@ -354,6 +338,46 @@ impl Supervisor {
         self.shutdown().await;
         Ok(())
     }
+}
+
+/// What a reload does to the running bridges, decided by name: a bridge whose spec is
+/// equal stays as it is.
+#[derive(Debug, Default)]
+struct ReloadPlan {
+    /// Running bridges the new config no longer has: stopped, and their status and
+    /// metrics removed.
+    stop: Vec<String>,
+    /// Running bridges whose spec changed (any key, common or of the source): stopped,
+    /// then started with their new spec, in the order `running` lists them.
+    restart: Vec<BridgeSpec>,
+    /// Bridges the new config adds, in its order.
+    start: Vec<BridgeSpec>,
+}
+
+/// Compares the specs of the running bridges with those a new config wants. Pure, so
+/// that the reload's decisions are tested without starting anything.
+fn reload_plan<'a>(
+    running: impl IntoIterator<Item = &'a BridgeSpec>,
+    wanted: &[BridgeSpec],
+) -> ReloadPlan {
+    let wanted_by_name: BTreeMap<&str, &BridgeSpec> =
+        wanted.iter().map(|b| (b.name.as_str(), b)).collect();
+    let mut plan = ReloadPlan::default();
+    let mut running_names = BTreeSet::new();
+    for current in running {
+        running_names.insert(current.name.as_str());
+        match wanted_by_name.get(current.name.as_str()) {
+            None => plan.stop.push(current.name.clone()),
+            Some(spec) if **spec != *current => plan.restart.push((*spec).clone()),
+            Some(_) => {}
+        }
+    }
+    plan.start = wanted
+        .iter()
+        .filter(|spec| !running_names.contains(spec.name.as_str()))
+        .cloned()
+        .collect();
+    plan
 }
 
 /// Watches the config's directories (not the files: editors replace files by renaming)
@@ -425,3 +449,6 @@ impl ConfigWatcher {
         self.watching = watching;
     }
 }
+
+#[cfg(test)]
+mod tests;

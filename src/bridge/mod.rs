@@ -2,11 +2,11 @@
 //! unacknowledged, normalize, publish until confirmed, then ack. Reconnects forever.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,86 +21,12 @@ use crate::metrics::BridgeMetrics;
 use crate::normalize::{Mapping, normalize_message};
 use crate::sources::{ConnectContext, ExchangeProbe, KINDS, Listeners, Source, SourceMetrics};
 
+mod status;
+
+pub use status::{BridgeStatus, PublisherSlot, State, StatusSnapshot, current_publisher};
+
 /// How long a source connection must hold before its failure starts the backoff over.
 const STABLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The publisher bridges use; swapped when a reload changes `[exchange]`.
-pub type PublisherSlot = Arc<RwLock<Arc<Publisher>>>;
-
-pub fn current_publisher(slot: &PublisherSlot) -> Arc<Publisher> {
-    slot.read().expect("publisher lock").clone()
-}
-
-/// Lifecycle states shown in `/bridges` and `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Connecting,
-    Running,
-    Reconnecting,
-    /// The bridge task panicked; it starts again after a backoff.
-    Restarting,
-    /// Stopped for good: going on would lose messages (e.g. the exchange refuses a
-    /// dead letter). A config change or a restart starts it again.
-    Failed,
-    Draining,
-    Stopped,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusSnapshot {
-    pub state: State,
-    pub last_error: Option<String>,
-    /// Successful source connections since the bridge (this spec) started.
-    pub connects: u64,
-    pub connected_since: Option<DateTime<Utc>>,
-    /// When the bridge last stopped running after it had been running (for the
-    /// readiness grace); `None` while running or before its first connect.
-    pub down_since: Option<DateTime<Utc>>,
-    pub started_at: DateTime<Utc>,
-}
-
-/// A bridge's live status, shared with the admin endpoints.
-pub struct BridgeStatus(Mutex<StatusSnapshot>);
-
-impl BridgeStatus {
-    pub fn new() -> Self {
-        BridgeStatus(Mutex::new(StatusSnapshot {
-            state: State::Connecting,
-            last_error: None,
-            connects: 0,
-            connected_since: None,
-            down_since: None,
-            started_at: Utc::now(),
-        }))
-    }
-
-    pub fn snapshot(&self) -> StatusSnapshot {
-        self.0.lock().expect("status lock").clone()
-    }
-
-    fn update(&self, change: impl FnOnce(&mut StatusSnapshot)) {
-        let mut status = self.0.lock().expect("status lock");
-        let was_running = status.state == State::Running;
-        change(&mut status);
-        // Errors come from client libraries, which may quote a URL or a value they
-        // were given: `/bridges` and `/readyz` show this text.
-        if let Some(error) = &mut status.last_error {
-            *error = crate::secret::scrub(error);
-        }
-        match (was_running, status.state == State::Running) {
-            (true, false) => status.down_since = Some(Utc::now()),
-            (_, true) => status.down_since = None,
-            _ => {}
-        }
-    }
-}
-
-impl Default for BridgeStatus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Everything a running bridge and its message tasks share.
 struct Shared {
