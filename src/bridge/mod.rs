@@ -561,3 +561,6 @@ impl Drop for InFlight {
         self.0.in_flight.dec();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,7 @@ registry::kinds! {
     #[cfg(feature = "s3")] s3: [S3],
     #[cfg(feature = "webhook")] webhook: [Webhook],
     #[cfg(feature = "calendar")] calendar: [Calendar],
+    #[cfg(feature = "test-kinds")] dummy: [Dummy],
 }
 
 // What the daemon outside `sources` uses.
