@@ -68,6 +68,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    // `BENCH_KINDS=jetstream,webhook` measures only those rows (default: all).
+    let wanted: Option<Vec<String>> = std::env::var("BENCH_KINDS")
+        .ok()
+        .map(|list| list.split(',').map(|kind| kind.trim().to_owned()).collect());
+    let measured = |name: &str| {
+        wanted
+            .as_ref()
+            .is_none_or(|kinds| kinds.iter().any(|k| k == name))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,6 +95,9 @@ fn main() {
         let ceiling = ceiling(events).await;
         ceiling.print("exchange ceiling (in-process)");
         for kind in [Kind::Nats, Kind::JetStream, Kind::Mqtt, Kind::Amqp, Kind::Kafka] {
+            if !measured(kind.name()) {
+                continue;
+            }
             let result = bridge(kind, events).await;
             result.print(kind.label());
             println!(
@@ -94,13 +106,15 @@ fn main() {
                 100.0 * result.per_second / ceiling.per_second
             );
         }
-        let result = webhook_bridge().await;
-        result.print("webhook (wrk) -> exchange");
-        println!(
-            "{:<28} {:>11.0}%",
-            "  webhook / ceiling",
-            100.0 * result.per_second / ceiling.per_second
-        );
+        if measured("webhook") {
+            let result = webhook_bridge().await;
+            result.print("webhook (wrk) -> exchange");
+            println!(
+                "{:<28} {:>11.0}%",
+                "  webhook / ceiling",
+                100.0 * result.per_second / ceiling.per_second
+            );
+        }
     });
 }
 
@@ -326,7 +340,7 @@ fn ready(port: u16) -> bool {
     };
     let _ = write!(
         stream,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     );
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
